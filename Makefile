@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make train` and `make test`. Both create .venv once.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The pinned torch is installed first so that the project's range does not pull a newer
+# (multi-GB CUDA) build. Override on a GPU machine, e.g. TORCH="torch==2.13.0 --index-url ...".
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+ARGS ?=
+OUTPUTS := $(CURDIR)/outputs
+STORE := sqlite:///$(OUTPUTS)/mlflow.db
+PORT ?= 5000
+
+.PHONY: install train test sweep ui server lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m pipeline.train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+# A grid sweep with Hydra's multirun; pass your own grid with ARGS.
+sweep: $(STAMP)
+	$(PY) -m pipeline.train -m $(or $(ARGS),optim.lr=3e-4,1e-3,3e-3)
+
+ui: $(STAMP)
+	mkdir -p $(OUTPUTS)/mlartifacts
+	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(OUTPUTS)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+server: $(STAMP)
+	mkdir -p $(OUTPUTS)/mlartifacts
+	$(VENV)/bin/mlflow server --backend-store-uri $(or $(BACKEND),$(STORE)) --artifacts-destination $(OUTPUTS)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline tests
+	$(VENV)/bin/ruff format --check pipeline tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix pipeline tests
+	$(VENV)/bin/ruff format pipeline tests
+
+clean:
+	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/multirun $(OUTPUTS)/evaluate $(OUTPUTS)/data $(OUTPUTS)/mlartifacts $(OUTPUTS)/mlflow.db .pytest_cache

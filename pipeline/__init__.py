@@ -1,0 +1,1 @@
+"""A declarative experiment pipeline for fine-tuning GPT-style language models."""

@@ -1,0 +1,52 @@
+"""What every command shares: Hydra over conf/, validation first, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import CONF_DIR, PROJECT_ROOT, AppConfig, validate
+from pipeline.errors import UserError
+
+OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+
+
+def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Callable[[], Any]]:
+    """Turn `fn(validated_config)` into a Hydra app reading conf/<config_name>.yaml.
+
+    Torch and friends are imported inside `fn`, so `--cfg job` and config errors stay fast.
+    """
+
+    def decorate(fn: Callable[[AppConfig], Any]) -> Callable[[], Any]:
+        @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+        @functools.wraps(fn)
+        def main(cfg: DictConfig) -> Any:
+            try:
+                return fn(validate(cfg))
+            except UserError as exc:
+                _discard_empty_run_dir()
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(2)
+
+        return main
+
+    return decorate
+
+
+def _discard_empty_run_dir() -> None:
+    """A run refused before it did any work leaves no folder behind (Hydra makes it first)."""
+    if not HydraConfig.initialized():
+        return
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir.is_dir() and all(
+        p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
+    ):
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,259 @@
+"""Data: read TSV/CSV/JSONL/text files, split them by seed, tokenize, and batch for Lightning.
+
+Classification batches carry the index of each example's last real token (the pooled position);
+causal-LM batches carry next-token targets with -100 wherever there is padding.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import demo_data
+from pipeline.config import DataConfig
+from pipeline.errors import UserError
+from pipeline.tokenizer import TextTokenizer
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Records:
+    texts: list[str]
+    labels: list[str] | None
+
+
+def read_records(path: str | Path, cfg: DataConfig) -> Records:
+    """The text (and label) column of a file in `cfg.format`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Data file {path} does not exist. Check data.path.")
+    want_labels = cfg.task == "classification"
+    try:
+        if cfg.format == "text":
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            return Records([line for line in lines if line], None)
+        if cfg.format == "jsonl":
+            rows = [
+                json.loads(line)
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ]
+        else:
+            delimiter = "\t" if cfg.format == "tsv" else ","
+            with path.open(encoding="utf-8", newline="") as handle:
+                rows = list(csv.DictReader(handle, delimiter=delimiter))
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise UserError(
+            f"Could not read {path} as {cfg.format} ({exc}). Check data.format (tsv, csv, "
+            "jsonl, text) and that the file is UTF-8."
+        ) from None
+    if not rows:
+        raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
+    columns = [cfg.text_column] + ([cfg.label_column] if want_labels else [])
+    for column in columns:
+        if column not in rows[0]:
+            key = "data.text_column" if column == cfg.text_column else "data.label_column"
+            raise UserError(
+                f"{path} has no column {column!r} ({key}). Its columns are: "
+                f"{', '.join(map(str, rows[0]))}. Set {key}=<one of them>."
+            )
+    texts = [str(row[cfg.text_column]) for row in rows]
+    labels = [str(row[cfg.label_column]) for row in rows] if want_labels else None
+    return Records(texts, labels)
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
+    """Deterministic train/val/test index lists: the same seed gives the same split anywhere."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
+def _subset(records: Records, idx: list[int]) -> Records:
+    labels = None if records.labels is None else [records.labels[i] for i in idx]
+    return Records([records.texts[i] for i in idx], labels)
+
+
+def load_splits(cfg: DataConfig, seed: int) -> dict[str, Records]:
+    """Train/val/test records: split files where given, the rest split from data.path by seed."""
+    if cfg.synthetic_examples:
+        demo_data.ensure_file(cfg.path, cfg.synthetic_examples)
+    records = read_records(cfg.path, cfg)
+    val_fraction = 0.0 if cfg.val_path else cfg.val_fraction
+    test_fraction = 0.0 if cfg.test_path else cfg.test_fraction
+    train, val, test = split_indices(len(records.texts), val_fraction, test_fraction, seed)
+    splits = {"train": _subset(records, train), "val": _subset(records, val)}
+    splits["test"] = _subset(records, test)
+    if cfg.val_path:
+        splits["val"] = read_records(cfg.val_path, cfg)
+    if cfg.test_path:
+        splits["test"] = read_records(cfg.test_path, cfg)
+    if not splits["train"].texts:
+        raise UserError(
+            "The training split is empty. Lower data.val_fraction / data.test_fraction or "
+            "use a larger data file."
+        )
+    return splits
+
+
+@dataclass
+class TokenizedSplit:
+    ids: list[list[int]]
+    labels: list[int] | None = None
+
+
+@dataclass
+class DataBundle:
+    """Everything the model and the trainer need to know about the data."""
+
+    task: str
+    tokenizer: TextTokenizer
+    splits: dict[str, TokenizedSplit]
+    label_names: list[str] = field(default_factory=list)
+
+    @property
+    def n_outputs(self) -> int | None:
+        """Head width: None for a language model, 1 for binary, else the class count."""
+        if self.task == "causal_lm":
+            return None
+        return 1 if len(self.label_names) == 2 else len(self.label_names)
+
+
+def tokenize(
+    splits: dict[str, Records],
+    cfg: DataConfig,
+    tokenizer: TextTokenizer,
+    label_names: list[str] | None = None,
+) -> DataBundle:
+    """Token ids truncated to data.max_length; labels mapped to indices of `label_names`
+    (taken from the training split, sorted, when not given)."""
+    if cfg.task == "classification" and label_names is None:
+        label_names = sorted(set(splits["train"].labels or []))
+        if len(label_names) < 2:
+            raise UserError(
+                f"The training split has {len(label_names)} distinct label(s) in column "
+                f"{cfg.label_column!r}; classification needs at least 2. Check "
+                "data.label_column, or use data.task=causal_lm for unlabelled text."
+            )
+    label_index = {name: i for i, name in enumerate(label_names or [])}
+    out: dict[str, TokenizedSplit] = {}
+    for name, records in splits.items():
+        ids = tokenizer.encode_batch(records.texts)
+        if cfg.task == "causal_lm":
+            # The end-of-text token teaches the model where a text stops.
+            ids = [(seq + [tokenizer.eos_id])[: cfg.max_length] for seq in ids]
+            ids = [seq for seq in ids if len(seq) >= 2]
+            out[name] = TokenizedSplit(ids)
+            continue
+        keep = [i for i, seq in enumerate(ids) if seq]
+        unknown = sorted({records.labels[i] for i in keep} - set(label_index))
+        if unknown:
+            raise UserError(
+                f"The {name} split has labels not seen in training: {unknown[:5]}. Known "
+                f"labels: {label_names}. Fix the data or its split."
+            )
+        out[name] = TokenizedSplit(
+            [ids[i][: cfg.max_length] for i in keep],
+            [label_index[records.labels[i]] for i in keep],
+        )
+    return DataBundle(cfg.task, tokenizer, out, list(label_names or []))
+
+
+def build_tokenizer(cfg: DataConfig, train_texts: list[str]) -> TextTokenizer:
+    if cfg.tokenizer.path:
+        return TextTokenizer.load(cfg.tokenizer.path)
+    return TextTokenizer.train(train_texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+
+
+def build_data(
+    cfg: DataConfig,
+    seed: int,
+    tokenizer: TextTokenizer | None = None,
+    label_names: list[str] | None = None,
+) -> DataBundle:
+    splits = load_splits(cfg, seed)
+    tokenizer = tokenizer or build_tokenizer(cfg, splits["train"].texts)
+    return tokenize(splits, cfg, tokenizer, label_names)
+
+
+class Collator:
+    """Right-pads a list of examples into tensors; padding never reaches the loss."""
+
+    def __init__(self, task: str, pad_id: int, binary: bool):
+        self.task, self.pad_id, self.binary = task, pad_id, binary
+
+    def __call__(self, batch: list[tuple[list[int], int | None]]) -> dict:
+        lengths = [len(ids) for ids, _ in batch]
+        width = max(lengths)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        for row, (ids, _) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        out = {
+            "input_ids": input_ids,
+            "lengths": torch.tensor(lengths, dtype=torch.long),
+            # A plain int, counted here on the CPU so the training step never syncs for it.
+            "n_tokens": sum(lengths),
+        }
+        if self.task == "causal_lm":
+            targets = torch.full_like(input_ids, IGNORE_INDEX)
+            for row, n in enumerate(lengths):
+                targets[row, : n - 1] = input_ids[row, 1:n]
+            out["targets"] = targets
+        else:
+            labels = torch.tensor([label for _, label in batch])
+            out["labels"] = labels.float() if self.binary else labels.long()
+        return out
+
+
+class _Examples(torch.utils.data.Dataset):
+    def __init__(self, split: TokenizedSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.ids)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int | None]:
+        label = None if self.split.labels is None else self.split.labels[i]
+        return self.split.ids[i], label
+
+
+class TextDataModule(pl.LightningDataModule):
+    def __init__(
+        self, bundle: DataBundle, batch_size: int, eval_batch_size: int, seed: int, workers: int
+    ):
+        super().__init__()
+        self.bundle = bundle
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.seed, self.workers = seed, workers
+        self.collate = Collator(bundle.task, bundle.tokenizer.pad_id, bundle.n_outputs == 1)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            _Examples(self.bundle.splits[split]),
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=self.collate,
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,1 @@
+"""The GPT of the teaching texts, and its weights in the ecosystem's layouts."""

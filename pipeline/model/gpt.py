@@ -1,0 +1,177 @@
+"""The GPT of the teaching texts: token + position embeddings, pre-LayerNorm transformer blocks
+of causal multi-head attention and a GELU feed-forward, a final LayerNorm and an output head.
+
+Module names follow the texts (`tok_emb`, `trf_blocks`, `att.W_query`, `ff`, `out_head`), and
+`GPTConfig` carries the fields of their `GPT_CONFIG` / `NEW_CONFIG` dictionaries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    context_length: int
+    emb_dim: int
+    n_heads: int
+    n_layers: int
+    drop_rate: float = 0.0
+    qkv_bias: bool = False
+    tie_weights: bool = True
+    layer_norm_eps: float = 1e-5
+    # None: a language model (the head predicts the vocabulary). Otherwise a classifier with
+    # this many outputs (1 for binary logistic regression).
+    n_outputs: int | None = None
+
+    @property
+    def head_size(self) -> int:
+        return self.vocab_size if self.n_outputs is None else self.n_outputs
+
+    @property
+    def is_lm(self) -> bool:
+        return self.n_outputs is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention; the softmax(QK^T/sqrt(d))V runs in PyTorch's fused SDPA kernel."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        d = cfg.emb_dim
+        self.n_heads = cfg.n_heads
+        self.W_query = nn.Linear(d, d, bias=cfg.qkv_bias)
+        self.W_key = nn.Linear(d, d, bias=cfg.qkv_bias)
+        self.W_value = nn.Linear(d, d, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(d, d)
+        self.dropout = cfg.drop_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+
+        def heads(proj: nn.Linear) -> torch.Tensor:
+            return proj(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            heads(self.W_query),
+            heads(self.W_key),
+            heads(self.W_value),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=True,
+        )
+        return self.out_proj(context.transpose(1, 2).reshape(b, t, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
+        # GPT-2's tanh approximation, so that its checkpoints reproduce their logits.
+        self.gelu = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.gelu(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_eps)
+        self.att = MultiHeadAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_eps)
+        self.ff = FeedForward(cfg)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class GPTModel(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_eps)
+        # No bias: GPT-2's lm_head and Hugging Face's sequence-classification `score` have none,
+        # so both heads export one-to-one (the final LayerNorm's shift plays the bias' role).
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.head_size, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections that write into the residual stream.
+        for name, param in self.named_parameters():
+            if name.endswith(("att.out_proj.weight", "ff.fc2.weight")):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        if cfg.tie_weights and cfg.is_lm:
+            self.out_head.weight = self.tok_emb.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def tied(self) -> bool:
+        return self.out_head.weight is self.tok_emb.weight
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1]
+        if t > self.cfg.context_length:
+            raise ValueError(
+                f"sequence of {t} tokens is longer than the context length "
+                f"{self.cfg.context_length}"
+            )
+        pos = torch.arange(t, device=input_ids.device)
+        x = self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(pos))
+        for block in self.trf_blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits for every position: (batch, tokens, head_size)."""
+        return self.out_head(self.hidden_states(input_ids))
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        # parameters() yields a tied tensor once, so the count is not doubled.
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample continuations; temperature 0 is greedy decoding."""
+        for _ in range(max_new_tokens):
+            logits = self(input_ids[:, -self.cfg.context_length :])[:, -1, :]
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = torch.softmax(logits, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            input_ids = torch.cat([input_ids, next_id], dim=1)
+            if eos_id is not None and bool((next_id == eos_id).all()):
+                break
+        return input_ids

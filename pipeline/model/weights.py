@@ -1,0 +1,300 @@
+"""Weights in and out: our GPT's state dict <-> Hugging Face GPT-2's layout and config.json.
+
+Hugging Face GPT-2 stores q, k and v fused in `c_attn`, keeps its projections in `Conv1D`
+modules whose weights are the transpose of `nn.Linear`'s, and ties `lm_head` to `wte`.
+Pickle files are read only with `weights_only=True`; safetensors files are memory-mapped.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import UserError
+from pipeline.files import atomic_write, write_json
+from pipeline.model.gpt import GPTConfig, GPTModel
+from pipeline.tokenizer import TextTokenizer
+
+StateDict = dict[str, torch.Tensor]
+
+# (our suffix, Hugging Face suffix, transposed) inside block i: trf_blocks.i.* <-> h.i.*
+_BLOCK = [
+    ("norm1.weight", "ln_1.weight", False),
+    ("norm1.bias", "ln_1.bias", False),
+    ("att.out_proj.weight", "attn.c_proj.weight", True),
+    ("att.out_proj.bias", "attn.c_proj.bias", False),
+    ("norm2.weight", "ln_2.weight", False),
+    ("norm2.bias", "ln_2.bias", False),
+    ("ff.fc1.weight", "mlp.c_fc.weight", True),
+    ("ff.fc1.bias", "mlp.c_fc.bias", False),
+    ("ff.fc2.weight", "mlp.c_proj.weight", True),
+    ("ff.fc2.bias", "mlp.c_proj.bias", False),
+]
+_TOP = [
+    ("tok_emb.weight", "wte.weight"),
+    ("pos_emb.weight", "wpe.weight"),
+    ("final_norm.weight", "ln_f.weight"),
+    ("final_norm.bias", "ln_f.bias"),
+]
+_QKV = ("W_query", "W_key", "W_value")
+
+
+def to_hf_gpt2(state: StateDict, cfg: GPTConfig) -> StateDict:
+    """Our state dict in GPT2LMHeadModel / GPT2ForSequenceClassification naming."""
+    out: StateDict = {f"transformer.{hf}": state[ours] for ours, hf in _TOP}
+    d = cfg.emb_dim
+    for i in range(cfg.n_layers):
+        ours, hf = f"trf_blocks.{i}.", f"transformer.h.{i}."
+        for our_key, hf_key, transpose in _BLOCK:
+            tensor = state[ours + our_key]
+            out[hf + hf_key] = tensor.t() if transpose else tensor
+        out[hf + "attn.c_attn.weight"] = torch.cat(
+            [state[f"{ours}att.{name}.weight"].t() for name in _QKV], dim=1
+        )
+        # Hugging Face's c_attn always has a bias; without qkv_bias ours is zero.
+        out[hf + "attn.c_attn.bias"] = torch.cat(
+            [state.get(f"{ours}att.{name}.bias", torch.zeros(d)) for name in _QKV]
+        )
+    if not cfg.is_lm:
+        out["score.weight"] = state["out_head.weight"]
+    elif not cfg.tie_weights:
+        out["lm_head.weight"] = state["out_head.weight"]
+    return {key: value.contiguous() for key, value in out.items()}
+
+
+def is_hf_gpt2(state: StateDict) -> bool:
+    return any(key.endswith("attn.c_attn.weight") for key in state)
+
+
+def from_hf_gpt2(state: StateDict, cfg: GPTConfig) -> StateDict:
+    """Hugging Face GPT-2 naming (with or without the `transformer.` prefix) to ours.
+
+    The classification or LM head is returned only when it fits `cfg`'s head.
+    """
+    hf = {key.removeprefix("transformer."): value for key, value in state.items()}
+    d = cfg.emb_dim
+    out: StateDict = {}
+    for ours, name in _TOP:
+        if name in hf:
+            out[ours] = hf[name]
+    for i in range(cfg.n_layers):
+        src, dst = f"h.{i}.", f"trf_blocks.{i}."
+        for our_key, hf_key, transpose in _BLOCK:
+            if src + hf_key in hf:
+                tensor = hf[src + hf_key]
+                out[dst + our_key] = tensor.t() if transpose else tensor
+        if src + "attn.c_attn.weight" in hf:
+            for name, part in zip(_QKV, hf[src + "attn.c_attn.weight"].split(d, dim=1)):
+                out[f"{dst}att.{name}.weight"] = part.t()
+            if cfg.qkv_bias and src + "attn.c_attn.bias" in hf:
+                for name, part in zip(_QKV, hf[src + "attn.c_attn.bias"].split(d)):
+                    out[f"{dst}att.{name}.bias"] = part
+    head = hf.get("score.weight") if not cfg.is_lm else hf.get("lm_head.weight")
+    if head is not None and head.shape[0] == cfg.head_size:
+        out["out_head.weight"] = head
+    elif cfg.is_lm and cfg.tie_weights and "tok_emb.weight" in out:
+        out["out_head.weight"] = out["tok_emb.weight"]
+    return {key: value.contiguous() for key, value in out.items()}
+
+
+def hf_config(
+    cfg: GPTConfig, tokenizer: TextTokenizer | None, label_names: list[str] | None
+) -> dict:
+    """config.json for transformers' GPT-2 classes."""
+    config = {
+        "architectures": ["GPT2LMHeadModel" if cfg.is_lm else "GPT2ForSequenceClassification"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length,
+        "n_embd": cfg.emb_dim,
+        "n_layer": cfg.n_layers,
+        "n_head": cfg.n_heads,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": cfg.drop_rate,
+        "embd_pdrop": cfg.drop_rate,
+        "attn_pdrop": cfg.drop_rate,
+        "layer_norm_epsilon": cfg.layer_norm_eps,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "use_cache": True,
+        "tie_word_embeddings": bool(cfg.tie_weights and cfg.is_lm),
+        "torch_dtype": "float32",
+        # Ours, so that a reload rebuilds exactly this model.
+        "qkv_bias": cfg.qkv_bias,
+    }
+    if tokenizer is not None:
+        config.update(
+            bos_token_id=tokenizer.eos_id,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
+    if not cfg.is_lm:
+        names = label_names or [str(i) for i in range(cfg.head_size)]
+        # Binary classification has one logit (logistic regression): sigmoid > 0.5 means
+        # names[1]; transformers' multi-label problem type applies the same BCE loss.
+        outputs = names if cfg.head_size > 1 else names[1:2]
+        config.update(
+            num_labels=len(outputs),
+            id2label={str(i): name for i, name in enumerate(outputs)},
+            label2id={name: i for i, name in enumerate(outputs)},
+            problem_type=(
+                "multi_label_classification"
+                if cfg.head_size == 1
+                else "single_label_classification"
+            ),
+            pipeline_label_names=names,
+        )
+    return config
+
+
+def gpt_config_from_hf(config: dict) -> GPTConfig:
+    if config.get("model_type") != "gpt2":
+        raise UserError(
+            f"config.json describes a {config.get('model_type')!r} model; the GPT path reads "
+            "GPT-2 checkpoints (model_type 'gpt2')."
+        )
+    is_lm = "GPT2ForSequenceClassification" not in config.get("architectures", [])
+    labels = config.get("pipeline_label_names")
+    n_outputs = None if is_lm else (1 if labels and len(labels) == 2 else config["num_labels"])
+    return GPTConfig(
+        vocab_size=config["vocab_size"],
+        context_length=config["n_positions"],
+        emb_dim=config["n_embd"],
+        n_heads=config["n_head"],
+        n_layers=config["n_layer"],
+        drop_rate=config.get("resid_pdrop", 0.0),
+        qkv_bias=config.get("qkv_bias", True),
+        tie_weights=config.get("tie_word_embeddings", True),
+        layer_norm_eps=config.get("layer_norm_epsilon", 1e-5),
+        n_outputs=n_outputs,
+    )
+
+
+def save_hf(
+    model: GPTModel,
+    directory: str | Path,
+    tokenizer: TextTokenizer | None = None,
+    label_names: list[str] | None = None,
+) -> Path:
+    """config.json + model.safetensors (+ tokenizer files) that transformers loads directly."""
+    directory = Path(directory)
+    cfg = model.cfg
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tensors = to_hf_gpt2(state, cfg)
+    atomic_write(
+        directory / "model.safetensors",
+        lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}),
+    )
+    write_json(directory / "config.json", hf_config(cfg, tokenizer, label_names))
+    if cfg.is_lm and tokenizer is not None:
+        write_json(
+            directory / "generation_config.json",
+            {
+                "bos_token_id": tokenizer.eos_id,
+                "eos_token_id": tokenizer.eos_id,
+                "pad_token_id": tokenizer.pad_id,
+            },
+        )
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """A .safetensors file (memory-mapped) or a pickled state dict (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Weights file {path} does not exist.")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(
+                f"{path} is not a readable safetensors file ({exc}); it may be truncated or "
+                "corrupt. Download or export it again."
+            ) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(
+            f"Refused to load {path}: it needs more than plain tensors to unpickle "
+            f"({str(exc).splitlines()[0]}), and unpickling arbitrary objects can run code. "
+            "Convert it to .safetensors where it came from, or re-save only its state_dict."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise UserError(
+            f"{path} could not be read ({str(exc).splitlines()[0]}); it may be truncated or "
+            "corrupt."
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+    return obj
+
+
+def read_hf_dir(directory: str | Path) -> tuple[dict, StateDict]:
+    """config.json and the weights of a Hugging Face GPT-2 directory."""
+    directory = Path(directory)
+    config = json.loads((directory / "config.json").read_text())
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return config, read_state_dict(directory / name)
+    raise UserError(f"{directory} has a config.json but no model.safetensors or pytorch_model.bin.")
+
+
+def load_into(model: GPTModel, state: StateDict, source: str, new_head: bool = False) -> None:
+    """Copy `state` into `model`; any missing, unexpected or misshapen key is a UserError that
+    names the first few keys, both shapes, and the config field that likely differs.
+
+    With `new_head`, the file's output head is dropped and the model keeps its fresh one
+    (a pretrained LM fine-tuned as a classifier).
+    """
+    if is_hf_gpt2(state):
+        state = from_hf_gpt2(state, model.cfg)
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    expected = model.state_dict()
+    if new_head:
+        state = {k: v for k, v in state.items() if k != "out_head.weight"}
+        state["out_head.weight"] = expected["out_head.weight"]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if mismatched:
+        shown = ", ".join(
+            f"{k} {tuple(state[k].shape)} in the file vs {tuple(expected[k].shape)} in the model"
+            for k in mismatched[:3]
+        )
+        problems.append(f"shape mismatch: {shown}")
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:4])}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:4])}")
+    if problems:
+        raise UserError(
+            f"The weights in {source} do not fit the model ({'; '.join(problems)}). "
+            f"{_likely_field(mismatched, missing, unexpected)}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _likely_field(mismatched: list[str], missing: list[str], unexpected: list[str]) -> str:
+    keys = mismatched + missing + unexpected
+    if any(k.startswith(("tok_emb", "out_head")) for k in mismatched):
+        return "model.vocab_size (or the label count of a classification head) probably differs."
+    if any(k.startswith("pos_emb") for k in mismatched):
+        return "model.context_length probably differs."
+    if mismatched:
+        return "model.emb_dim probably differs."
+    if any(".bias" in k and ".att.W_" in k for k in keys):
+        return "model.qkv_bias probably differs."
+    if any(k.startswith("trf_blocks.") for k in keys):
+        return "model.n_layers probably differs."
+    return "Check that the file was saved from a model of this shape."

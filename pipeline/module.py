@@ -1,0 +1,179 @@
+"""The LightningModule: task losses and metrics, the optimizer and its schedule."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryF1Score,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+)
+
+from pipeline.config import OptimConfig
+from pipeline.data import IGNORE_INDEX
+from pipeline.model.gpt import GPTModel
+
+
+def pool_last_token(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The logits at each sequence's last real token (never a pad: padding is on the right)."""
+    return logits[torch.arange(logits.shape[0], device=logits.device), lengths - 1]
+
+
+def classification_loss(pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One output: the logistic-regression loss (BCE with logits). Several: cross-entropy."""
+    if pooled.shape[-1] == 1:
+        return F.binary_cross_entropy_with_logits(pooled.squeeze(-1), labels.float())
+    return F.cross_entropy(pooled, labels)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over real tokens; padded positions hold IGNORE_INDEX."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
+    """Linear warmup to the base lr, then cosine/linear decay to base * min_ratio (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return factor
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on Linear weights only: not on biases, LayerNorms or embeddings (a tied
+    output head shares the embedding matrix, so it stays undecayed too)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            is_matrix = isinstance(module, nn.Linear) and name == "weight"
+            (decay if is_matrix and id(param) not in embeddings else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class GPTLightningModule(pl.LightningModule):
+    def __init__(self, model: GPTModel, optim: OptimConfig, n_classes: int = 0):
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.is_lm = model.cfg.is_lm
+        self.binary = model.cfg.n_outputs == 1
+        self.metrics = nn.ModuleDict(
+            {stage: self._make_metrics(n_classes) for stage in ("val", "test")}
+        )
+        self._window_tokens = 0
+        self._window_start = time.perf_counter()
+
+    def _make_metrics(self, n_classes: int) -> MetricCollection:
+        metrics: dict[str, nn.Module] = {"loss": MeanMetric()}
+        if self.binary:
+            metrics.update(acc=BinaryAccuracy(), f1=BinaryF1Score())
+        elif not self.is_lm:
+            metrics.update(
+                acc=MulticlassAccuracy(n_classes, average="micro"),
+                f1=MulticlassF1Score(n_classes, average="macro"),
+            )
+        return MetricCollection(metrics)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.model(batch["input_ids"])
+        if self.is_lm:
+            return lm_loss(logits, batch["targets"]), None
+        pooled = pool_last_token(logits, batch["lengths"])
+        return classification_loss(pooled, batch["labels"]), pooled
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._step(batch)
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["input_ids"].shape[0],
+        )
+        self._window_tokens += batch["n_tokens"]
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Tokens/s over a window of log_every_n_steps batches, from wall time: no device sync.
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        self.log("train/tokens_per_sec", self._window_tokens / elapsed, on_step=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        if batch_idx % self.trainer.log_every_n_steps == 0:
+            self._window_tokens, self._window_start = 0, time.perf_counter()
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        loss, pooled = self._step(batch)
+        metrics = self.metrics[stage]
+        if self.is_lm:
+            n_real = (batch["targets"] != IGNORE_INDEX).sum()
+            metrics["loss"].update(loss, weight=n_real)
+        else:
+            metrics["loss"].update(loss, weight=batch["input_ids"].shape[0])
+            labels = batch["labels"]
+            preds = pooled.squeeze(-1) if self.binary else pooled.argmax(-1)
+            for name in ("acc", "f1"):
+                metrics[name].update(preds, labels.long())
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        values = self.metrics[stage].compute()
+        if self.is_lm:
+            values["ppl"] = torch.exp(values["loss"].clamp(max=50))
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", batch_size=1
+        )
+        self.metrics[stage].reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self):
+        o = self.optim
+        groups = param_groups(self.model, o.weight_decay)
+        if o.name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(o.warmup_steps, total, o.scheduler, o.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

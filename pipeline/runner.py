@@ -1,0 +1,250 @@
+"""One training run: build data and model, fit and test with Lightning, export, record in MLflow.
+
+The run folder and the MLflow run point at each other (tag `run_dir`, run.json's `run_id`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+
+from pipeline import tracking
+from pipeline.config import AppConfig
+from pipeline.data import DataBundle, TextDataModule, build_data
+from pipeline.errors import UserError
+from pipeline.export import export_trained
+from pipeline.model.gpt import GPTConfig, GPTModel
+from pipeline.model.weights import load_into
+from pipeline.module import GPTLightningModule
+from pipeline.restore import CHECKPOINT_KEY, Trained, load_pretrained
+from pipeline.tokenizer import TextTokenizer
+
+
+def gpt_config(cfg: AppConfig, bundle: DataBundle, pretrained: GPTConfig | None) -> GPTConfig:
+    """The model's shape: the preset and overrides, or the pretrained model's; the head from
+    the task; the vocabulary from the tokenizer unless given."""
+    m = cfg.model
+    shape = GPTConfig(
+        vocab_size=m.vocab_size or bundle.tokenizer.vocab_size,
+        context_length=m.context_length,
+        emb_dim=m.emb_dim,
+        n_heads=m.n_heads,
+        n_layers=m.n_layers,
+        drop_rate=m.drop_rate,
+        qkv_bias=m.qkv_bias,
+        tie_weights=m.tie_weights,
+        layer_norm_eps=m.layer_norm_eps,
+    )
+    if pretrained is not None:
+        shape = replace(pretrained, drop_rate=m.drop_rate)
+    if shape.vocab_size < bundle.tokenizer.vocab_size:
+        raise UserError(
+            f"model.vocab_size={shape.vocab_size} is smaller than the tokenizer's vocabulary "
+            f"({bundle.tokenizer.vocab_size} tokens). Set model.vocab_size=null to size it "
+            "from the tokenizer, or lower data.tokenizer.vocab_size."
+        )
+    return replace(shape, n_outputs=bundle.n_outputs)
+
+
+class _MetadataCheckpoints(pl.Callback):
+    """Stores the model shape, tokenizer and labels in every checkpoint, so a .ckpt alone is
+    enough for evaluate, generate and export."""
+
+    def __init__(self, trained: Trained):
+        self.trained = trained
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.trained.checkpoint_metadata()
+
+
+def build_trainer(
+    cfg: AppConfig, run_dir: Path, logger: Any, trained: Trained, has_val: bool
+) -> tuple[pl.Trainer, ModelCheckpoint]:
+    t, c = cfg.trainer, cfg.trainer.checkpoint
+    monitor = c.monitor if has_val else None
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="epoch={epoch}-step={step}",
+        auto_insert_metric_name=False,
+        monitor=monitor,
+        mode=c.mode,
+        save_top_k=c.save_top_k if monitor else 1,
+        save_last=c.save_last,
+    )
+    callbacks: list[pl.Callback] = [checkpoint, _MetadataCheckpoints(trained)]
+    if t.enable_progress_bar:
+        callbacks.append(RichProgressBar())
+    trainer = pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.gradient_clip_val,
+        val_check_interval=t.val_check_interval,
+        limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=t.num_sanity_val_steps if has_val else 0,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        default_root_dir=run_dir,
+    )
+    return trainer, checkpoint
+
+
+def build_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
+    """Data, tokenizer and the model (pretrained weights loaded when model.init_from is set)."""
+    pretrained = load_pretrained(cfg.model.init_from) if cfg.model.init_from else None
+    tokenizer = pretrained.tokenizer if pretrained else None
+    if cfg.data.tokenizer.path:
+        tokenizer = TextTokenizer.load(cfg.data.tokenizer.path)
+    bundle = build_data(cfg.data, cfg.seed, tokenizer)
+    model = GPTModel(gpt_config(cfg, bundle, pretrained.shape if pretrained else None))
+    if pretrained is not None:
+        # A classifier gets a new head sized from its labels; the pretrained head is dropped.
+        load_into(model, pretrained.state, str(cfg.model.init_from), new_head=not model.cfg.is_lm)
+    return Trained(model, bundle.tokenizer, bundle.label_names), bundle
+
+
+def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {
+        k: round(float(v), 6)
+        for k, v in sorted(trainer.callback_metrics.items())
+        if k.startswith(("val/", "test/")) or k == "train/loss_epoch"
+    }
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising tip and an internal deprecation warning from the console."""
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+
+
+def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Run one experiment in `run_dir`; return what run.json records."""
+    started = time.time()
+    _quiet_lightning()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    trained, bundle = build_model(cfg)
+    trained.config = config_dict
+    n_params = trained.model.num_parameters()
+    print(f"Model {cfg.model.name}: {n_params:,} parameters ({trained.task}).")
+    trained.tokenizer.save(run_dir)
+
+    outputs = Path(cfg.paths.outputs)
+    tracked = None
+    if cfg.logger.name == "mlflow":
+        tracked = tracking.start_run(cfg.logger, outputs, config_dict, run_dir)
+    logger = tracking.BatchedMLflowLogger(tracked) if tracked else None
+    record: dict[str, Any] = {
+        "run_id": tracked.run_id if tracked else None,
+        "experiment_name": cfg.logger.experiment_name,
+        "experiment_id": tracked.experiment_id if tracked else None,
+        "tracking_uri": tracked.tracking_uri if tracked else None,
+        "status": "RUNNING",
+        "task": trained.task,
+        "num_parameters": n_params,
+        "metrics": {},
+        "paths": {"run_dir": str(run_dir)},
+    }
+    tracking.write_run_json(run_dir, record)
+    failed = True
+    try:
+        has_val = bool(bundle.splits["val"].ids)
+        trainer, checkpoint = build_trainer(cfg, run_dir, logger, trained, has_val)
+        module = GPTLightningModule(trained.model, cfg.optim, len(bundle.label_names))
+        if cfg.trainer.compile:
+            trained.model.compile()
+        datamodule = TextDataModule(
+            bundle,
+            cfg.optim.batch_size,
+            cfg.optim.eval_batch_size or cfg.optim.batch_size,
+            cfg.seed,
+            cfg.data.num_workers,
+        )
+        trainer.fit(module, datamodule=datamodule)
+        fit_metrics = _final_metrics(trainer)
+        best = checkpoint.best_model_path or None
+        if bundle.splits["test"].ids:
+            # Test (and export) the best checkpoint's weights, not the last step's.
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        record["metrics"] = {**fit_metrics, **_final_metrics(trainer)}
+        export_dir = Path(cfg.export.dir) if cfg.export.dir else run_dir / "export"
+        exports = export_trained(trained, cfg.export.formats, export_dir)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        record["paths"].update(
+            best_checkpoint=best,
+            last_checkpoint=str(last) if last.is_file() else None,
+            exports={fmt: str(path) for fmt, path in exports.items()},
+        )
+        failed = False
+    except KeyboardInterrupt:
+        record["error"] = "interrupted"
+        raise
+    except Exception as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record["status"] = tracking.run_status(failed)
+        record["duration_s"] = round(time.time() - started, 1)
+        if tracked:
+            if logger:
+                logger.finalize(record["status"])
+            record["ui_url"] = tracked.ui_url()
+            tracking.write_run_json(run_dir, record)
+            artifacts = {"": run_dir / "run.json"}
+            if not failed:
+                artifacts.update(_artifacts(cfg, record))
+            tracking.finish_run(
+                tracked, record["status"], artifacts, {"model.num_parameters": n_params}
+            )
+        tracking.write_run_json(run_dir, record)
+    return record
+
+
+def _artifacts(cfg: AppConfig, record: dict[str, Any]) -> dict[str, Path]:
+    paths = record["paths"]
+    artifacts = {f"export/{fmt}": Path(p) for fmt, p in paths["exports"].items()}
+    chosen = {"best": paths["best_checkpoint"], "last": paths["last_checkpoint"]}.get(
+        cfg.logger.log_checkpoint
+    )
+    if chosen:
+        artifacts["checkpoints"] = Path(chosen)
+    return artifacts
+
+
+def print_summary(record: dict[str, Any], make_ui_serves_it: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Run {record['status']}", show_header=False, title_justify="left")
+    for key, value in record["metrics"].items():
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("run folder", record["paths"]["run_dir"])
+    if record["run_id"]:
+        table.add_row("MLflow run", record["run_id"])
+        ui = (
+            "make ui"
+            if make_ui_serves_it
+            else f"mlflow ui --backend-store-uri {record['tracking_uri']}"
+        )
+        if record["tracking_uri"].startswith("http"):
+            ui = "open"
+    console = Console()
+    console.print(table)
+    if record["run_id"]:
+        console.print(f"MLflow UI: {ui}  ->  {record['ui_url']}", soft_wrap=True)

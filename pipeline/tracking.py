@@ -1,0 +1,210 @@
+"""MLflow tracking: the store, one run per experiment run, batched metrics, artifacts, run.json.
+
+The run is created with MlflowClient rather than Lightning's MLFlowLogger, which truncates
+param values to 250 characters and falls back to a file store unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from pipeline.config import PROJECT_ROOT, LoggerConfig
+from pipeline.files import write_json
+
+PARAM_VALUE_LIMIT = 6000  # MLflow's own limit
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+
+
+def default_tracking_uri(outputs: str | Path) -> str:
+    return f"sqlite:///{Path(outputs).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(cfg: LoggerConfig, outputs: str | Path) -> str:
+    return (
+        cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(outputs)
+    )
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"model.emb_dim": "128", ...}; lists stay whole as JSON."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            flat[name] = text[:PARAM_VALUE_LIMIT]
+    return flat
+
+
+def git_state(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """The commit and dirty flag of the project checkout, when it is a git repository."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+
+
+@dataclass
+class TrackedRun:
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
+        base = self.tracking_uri if self.tracking_uri.startswith("http") else host
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (artifact_root / name).as_uri() if artifact_root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another process created it between our lookup and our create.
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def start_run(
+    cfg: LoggerConfig, outputs: str | Path, config: Mapping[str, Any], run_dir: Path
+) -> TrackedRun:
+    """Create the MLflow run: params (the whole resolved config), tags, config.yaml artifact."""
+    uri = resolve_tracking_uri(cfg, outputs)
+    client = MlflowClient(tracking_uri=uri)
+    # A local store keeps artifacts under outputs/; a server decides for itself.
+    artifact_root = None if uri.startswith("http") else Path(outputs).resolve() / "mlartifacts"
+    experiment_id = get_or_create_experiment(client, cfg.experiment_name, artifact_root)
+    tags = {
+        "run_dir": str(run_dir),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "mlflow.source.name": "pipeline.train",
+        "mlflow.source.type": "LOCAL",
+        **git_state(),
+    }
+    run = client.create_run(experiment_id, tags=tags, run_name=cfg.run_name or run_dir.name)
+    run_id = run.info.run_id
+    params = [Param(k, v) for k, v in flatten(config).items()]
+    for i in range(0, len(params), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[i : i + PARAMS_PER_BATCH])
+    config_yaml = run_dir / ".hydra" / "config.yaml"
+    if config_yaml.is_file():
+        client.log_artifact(run_id, str(config_yaml))
+    return TrackedRun(client, run_id, experiment_id, uri)
+
+
+def finish_run(
+    run: TrackedRun,
+    status: str,
+    artifacts: Mapping[str, Path] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> None:
+    """Upload artifacts (a file or a folder under each artifact path), then close the run."""
+    try:
+        if params:
+            run.client.log_batch(run.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        for artifact_path, local in (artifacts or {}).items():
+            if local.is_dir():
+                run.client.log_artifacts(run.run_id, str(local), artifact_path)
+            elif local.is_file():
+                run.client.log_artifact(run.run_id, str(local), artifact_path)
+    finally:
+        run.client.set_terminated(run.run_id, status=status)
+
+
+def set_tags(run: TrackedRun, tags: Mapping[str, str]) -> None:
+    run.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+class BatchedMLflowLogger(Logger):
+    """Lightning logger writing into an existing MLflow run, batching metrics into few requests."""
+
+    def __init__(self, run: TrackedRun, flush_every: int = 500, flush_seconds: float = 10.0):
+        super().__init__()
+        self.run = run
+        self.flush_every, self.flush_seconds = flush_every, flush_seconds
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run.run_id
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> MlflowClient:
+        return self.run.client
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        # The whole resolved config is logged once by start_run.
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        timestamp = int(time.time() * 1000)
+        for key, value in metrics.items():
+            self._buffer.append(Metric(key, float(value), timestamp, step or 0))
+        if (
+            len(self._buffer) >= self.flush_every
+            or time.monotonic() - self._last_flush > self.flush_seconds
+        ):
+            self.flush()
+
+    @rank_zero_only
+    def flush(self) -> None:
+        for i in range(0, len(self._buffer), METRICS_PER_BATCH):
+            self.run.client.log_batch(
+                self.run.run_id, metrics=self._buffer[i : i + METRICS_PER_BATCH]
+            )
+        self._buffer.clear()
+        self._last_flush = time.monotonic()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.flush()
+
+    def save(self) -> None:
+        # Lightning calls save() after every log_metrics; flushing here would undo the batching.
+        pass
+
+
+def write_run_json(run_dir: Path, record: Mapping[str, Any]) -> Path:
+    return write_json(run_dir / "run.json", dict(record))
+
+
+def run_status(failed: bool) -> str:
+    return RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
