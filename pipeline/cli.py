@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Ca
         @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
         @functools.wraps(fn)
         def main(cfg: DictConfig) -> Any:
+            _quiet_lightning()
             try:
                 return fn(validate(cfg))
             except UserError as exc:
@@ -50,3 +53,11 @@ def _discard_empty_run_dir() -> None:
         p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
     ):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _quiet_lightning() -> None:
+    """Keep Lightning's advertising tip and an internal deprecation warning off the console."""
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )

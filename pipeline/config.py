@@ -146,6 +146,7 @@ class AppConfig(_Group):
     export: ExportConfig = ExportConfig()
     # evaluate / generate / export
     ckpt: str | None = None
+    split: Literal["train", "val", "test"] = "test"
     prompt: str = ""
     max_new_tokens: int = Field(default=50, ge=0)
     temperature: float = Field(default=1.0, ge=0.0)
@@ -245,13 +246,12 @@ def _check_consistency(cfg: AppConfig) -> None:
         )
     if isinstance(t.devices, int) and t.devices < 1:
         raise _fail("trainer.devices", t.devices, "a positive device count or 'auto'")
-    if cfg.logger.name == "mlflow" and cfg.logger.log_checkpoint != "none":
-        if t.checkpoint.save_top_k == 0 and cfg.logger.log_checkpoint == "best":
-            raise _fail(
-                "logger.log_checkpoint",
-                "best",
-                "'last' or 'none' when trainer.checkpoint.save_top_k=0 (no best checkpoint is kept)",
-            )
+    if cfg.logger.log_checkpoint == "best" and t.checkpoint.save_top_k == 0:
+        raise _fail(
+            "logger.log_checkpoint",
+            "best",
+            "'last' or 'none' when trainer.checkpoint.save_top_k=0 (no best checkpoint is kept)",
+        )
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -150,7 +150,7 @@ def tokenize(
         ids = tokenizer.encode_batch(records.texts)
         if cfg.task == "causal_lm":
             # The end-of-text token teaches the model where a text stops.
-            ids = [(seq + [tokenizer.eos_id])[: cfg.max_length] for seq in ids]
+            ids = [[*seq, tokenizer.eos_id][: cfg.max_length] for seq in ids]
             ids = [seq for seq in ids if len(seq) >= 2]
             out[name] = TokenizedSplit(ids)
             continue

@@ -5,15 +5,14 @@ The run folder and the MLflow run point at each other (tag `run_dir`, run.json's
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from pipeline import tracking
 from pipeline.config import AppConfig
@@ -81,27 +80,46 @@ def build_trainer(
     callbacks: list[pl.Callback] = [checkpoint, _MetadataCheckpoints(trained)]
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
-    trainer = pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.gradient_clip_val,
-        val_check_interval=t.val_check_interval,
-        limit_val_batches=None if has_val else 0,
-        num_sanity_val_steps=t.num_sanity_val_steps if has_val else 0,
-        log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
-        logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        default_root_dir=run_dir,
-    )
+    try:
+        trainer = pl.Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=t.precision,
+            max_epochs=t.max_epochs,
+            max_steps=t.max_steps,
+            accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
+            gradient_clip_val=cfg.optim.gradient_clip_val,
+            val_check_interval=t.val_check_interval,
+            limit_val_batches=None if has_val else 0,
+            num_sanity_val_steps=t.num_sanity_val_steps if has_val else 0,
+            log_every_n_steps=t.log_every_n_steps,
+            deterministic=t.deterministic,
+            enable_progress_bar=t.enable_progress_bar,
+            logger=logger if logger is not None else False,
+            callbacks=callbacks,
+            default_root_dir=run_dir,
+        )
+    except (MisconfigurationException, ValueError) as exc:
+        raise UserError(
+            f"Lightning refused the trainer settings: {str(exc).rstrip('.')}. Check trainer.strategy, "
+            "trainer.devices and trainer.precision (python -m pipeline.doctor shows what this "
+            "machine supports)."
+        ) from None
     return trainer, checkpoint
+
+
+def check_devices(cfg: AppConfig) -> None:
+    """Refuse a GPU request on a machine without one before any data or run is created."""
+    import torch
+
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no CUDA "
+            "device. Use trainer=cpu (or trainer.accelerator=auto); python -m pipeline.doctor "
+            "shows what this machine offers."
+        )
 
 
 def build_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
@@ -126,18 +144,10 @@ def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
     }
 
 
-def _quiet_lightning() -> None:
-    """Drop Lightning's advertising tip and an internal deprecation warning from the console."""
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
-    )
-
-
 def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Run one experiment in `run_dir`; return what run.json records."""
     started = time.time()
-    _quiet_lightning()
+    check_devices(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     trained, bundle = build_model(cfg)
     trained.config = config_dict
@@ -195,6 +205,9 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
     except KeyboardInterrupt:
         record["error"] = "interrupted"
         raise
+    except UserError as exc:
+        record["error"] = str(exc)
+        raise
     except Exception as exc:
         record["error"] = f"{type(exc).__name__}: {exc}"
         raise
@@ -210,7 +223,11 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             if not failed:
                 artifacts.update(_artifacts(cfg, record))
             tracking.finish_run(
-                tracked, record["status"], artifacts, {"model.num_parameters": n_params}
+                tracked,
+                record["status"],
+                artifacts,
+                {"model.num_parameters": n_params},
+                {"error": record["error"]} if failed and "error" in record else None,
             )
         tracking.write_run_json(run_dir, record)
     return record

@@ -127,11 +127,16 @@ def finish_run(
     status: str,
     artifacts: Mapping[str, Path] | None = None,
     params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> None:
-    """Upload artifacts (a file or a folder under each artifact path), then close the run."""
+    """Log the last params and tags, upload artifacts (a file or a folder under each artifact
+    path), then close the run."""
     try:
-        if params:
-            run.client.log_batch(run.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        run.client.log_batch(
+            run.run_id,
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, v[:5000]) for k, v in (tags or {}).items()],
+        )
         for artifact_path, local in (artifacts or {}).items():
             if local.is_dir():
                 run.client.log_artifacts(run.run_id, str(local), artifact_path)
@@ -139,10 +144,6 @@ def finish_run(
                 run.client.log_artifact(run.run_id, str(local), artifact_path)
     finally:
         run.client.set_terminated(run.run_id, status=status)
-
-
-def set_tags(run: TrackedRun, tags: Mapping[str, str]) -> None:
-    run.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 class BatchedMLflowLogger(Logger):

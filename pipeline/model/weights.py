@@ -89,10 +89,12 @@ def from_hf_gpt2(state: StateDict, cfg: GPTConfig) -> StateDict:
                 tensor = hf[src + hf_key]
                 out[dst + our_key] = tensor.t() if transpose else tensor
         if src + "attn.c_attn.weight" in hf:
-            for name, part in zip(_QKV, hf[src + "attn.c_attn.weight"].split(d, dim=1)):
+            for name, part in zip(
+                _QKV, hf[src + "attn.c_attn.weight"].split(d, dim=1), strict=True
+            ):
                 out[f"{dst}att.{name}.weight"] = part.t()
             if cfg.qkv_bias and src + "attn.c_attn.bias" in hf:
-                for name, part in zip(_QKV, hf[src + "attn.c_attn.bias"].split(d)):
+                for name, part in zip(_QKV, hf[src + "attn.c_attn.bias"].split(d), strict=True):
                     out[f"{dst}att.{name}.bias"] = part
     head = hf.get("score.weight") if not cfg.is_lm else hf.get("lm_head.weight")
     if head is not None and head.shape[0] == cfg.head_size:

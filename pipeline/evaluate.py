@@ -1,0 +1,78 @@
+"""Evaluate a trained model on a data split:
+
+    python -m pipeline.evaluate ckpt=<run folder|.ckpt|export dir> [split=test] [data=... data.path=...]
+
+Without data overrides on the command line, the data settings recorded in the checkpoint are
+used (same file, same seed, so the same split); the tokenizer and labels always come from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.cli import hydra_command
+from pipeline.config import AppConfig, DataConfig
+
+
+def data_config(cfg: AppConfig, recorded: dict, overrides: list[str]) -> tuple[DataConfig, int]:
+    """The command line's data settings if it overrides any, else the recorded run's."""
+    if recorded.get("data") and not any(o.lstrip("+~").startswith("data") for o in overrides):
+        return DataConfig.model_validate(recorded["data"]), recorded.get("seed", cfg.seed)
+    return cfg.data, cfg.seed
+
+
+def evaluate(trained, data: DataConfig, seed: int, split: str, cfg: AppConfig) -> dict[str, float]:
+    import pytorch_lightning as pl
+
+    from pipeline.data import TextDataModule, build_data
+    from pipeline.errors import UserError
+    from pipeline.module import GPTLightningModule
+
+    if (data.task == "causal_lm") != trained.model.cfg.is_lm:
+        raise UserError(
+            f"The checkpoint is a {trained.task} model but data.task={data.task}. "
+            f"Pass data settings for a {trained.task} data set."
+        )
+    bundle = build_data(data, seed, trained.tokenizer, trained.label_names or None)
+    if not bundle.splits[split].ids:
+        raise UserError(f"The {split} split is empty. Choose split=train, val or test.")
+    # Lightning's test loop runs whichever split was asked for.
+    bundle.splits["test"] = bundle.splits[split]
+    batch = cfg.optim.eval_batch_size or cfg.optim.batch_size
+    datamodule = TextDataModule(bundle, batch, batch, seed, data.num_workers)
+    module = GPTLightningModule(trained.model, cfg.optim, len(bundle.label_names))
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    return {k.replace("test/", f"{split}/"): round(float(v), 6) for k, v in results.items()}
+
+
+@hydra_command("evaluate")
+def main(cfg: AppConfig) -> dict[str, float]:
+    from hydra.core.hydra_config import HydraConfig
+
+    from pipeline.files import write_json
+    from pipeline.restore import load_trained
+
+    trained = load_trained(cfg.ckpt)
+    hydra_cfg = HydraConfig.get()
+    data, seed = data_config(cfg, trained.config, list(hydra_cfg.overrides.task))
+    metrics = evaluate(trained, data, seed, cfg.split, cfg)
+    for key, value in metrics.items():
+        print(f"{key:>12}: {value:.4f}")
+    out = write_json(
+        Path(hydra_cfg.runtime.output_dir) / "metrics.json",
+        {"ckpt": str(Path(cfg.ckpt).resolve()), "data": data.path, "metrics": metrics},
+    )
+    print(f"written to {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Continue a prompt with a trained causal LM (or classify it with a trained classifier):
+
+python -m pipeline.generate ckpt=<run folder|.ckpt|export dir> prompt="Hey Sam," max_new_tokens=30
+"""
+
+from __future__ import annotations
+
+from pipeline.cli import hydra_command
+from pipeline.config import AppConfig
+from pipeline.errors import UserError
+
+
+@hydra_command("generate")
+def main(cfg: AppConfig) -> str:
+    import torch
+
+    from pipeline.restore import load_trained
+
+    trained = load_trained(cfg.ckpt)
+    if trained.tokenizer is None:
+        raise UserError(f"{cfg.ckpt} has no tokenizer, so a text prompt cannot be encoded.")
+    model, tokenizer = trained.model.eval(), trained.tokenizer
+    ids = tokenizer.encode(cfg.prompt) or [tokenizer.eos_id]
+    input_ids = torch.tensor([ids[-model.cfg.context_length :]])
+    if not model.cfg.is_lm:
+        with torch.no_grad():
+            logits = model(input_ids)[0, -1]
+        probs = (
+            torch.stack([1 - logits.sigmoid(), logits.sigmoid()]).squeeze(-1)
+            if logits.numel() == 1
+            else logits.softmax(-1)
+        )
+        names = trained.label_names or [str(i) for i in range(len(probs))]
+        ranked = sorted(zip(names, probs.tolist(), strict=True), key=lambda x: -x[1])
+        text = ", ".join(f"{name} {p:.3f}" for name, p in ranked)
+        print(f"This checkpoint is a classifier, so it labels the prompt instead: {text}")
+        return ranked[0][0]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    out = model.generate(
+        input_ids,
+        cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        eos_id=tokenizer.eos_id,
+        generator=generator,
+    )
+    text = tokenizer.decode(out[0].tolist())
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

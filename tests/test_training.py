@@ -1,0 +1,72 @@
+"""Training in-process (faster than the CLI): multi-class, bf16 autocast, accumulation,
+and the optimizer's parameter groups."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.model.gpt import GPTConfig, GPTModel
+from pipeline.module import param_groups
+from pipeline.runner import train
+from tests.conftest import TINY, app_config
+
+
+def three_class_file(path: Path, n: int = 240) -> Path:
+    words = {"sport": ["goal", "match", "team"], "food": ["pizza", "soup", "bread"]}
+    words["weather"] = ["rain", "sunny", "wind"]
+    rng = random.Random(0)
+    lines = []
+    for _ in range(n):
+        topic = rng.choice(sorted(words))
+        text = " ".join(rng.choice(words[topic]) for _ in range(4)) + " today"
+        lines.append(json.dumps({"text": text, "topic": topic}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_multiclass_bf16_with_accumulation_stops_at_max_steps(tmp_path: Path) -> None:
+    data = three_class_file(tmp_path / "topics.jsonl")
+    cfg = app_config(
+        [
+            *TINY,
+            "data=jsonl",
+            f"data.path={data}",
+            "data.label_column=topic",
+            "data.tokenizer.vocab_size=300",
+            "logger=none",
+            "trainer.precision=bf16-mixed",
+            "trainer.max_steps=12",
+            "optim.accumulate_grad_batches=2",
+            "optim.lr=3e-3",
+            "optim.warmup_steps=2",
+        ],
+        tmp_path / "outputs",
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = train(cfg, cfg.model_dump(mode="json"), run_dir)
+    assert record["status"] == "FINISHED"
+    # 12 optimizer steps of 2 micro-batches each; the checkpoint names count optimizer steps.
+    assert Path(record["paths"]["last_checkpoint"]).is_file()
+    ckpt = torch.load(record["paths"]["last_checkpoint"], weights_only=True)
+    assert ckpt["global_step"] == 12
+    assert record["metrics"]["test/acc"] > 0.6  # three classes: chance is 1/3
+    config = json.loads((run_dir / "export" / "hf" / "config.json").read_text())
+    assert config["id2label"] == {"0": "food", "1": "sport", "2": "weather"}
+
+
+def test_weight_decay_only_on_linear_weights() -> None:
+    model = GPTModel(GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=1))
+    decay, no_decay = (g["params"] for g in param_groups(model, 0.1))
+    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)} - {
+        id(model.tok_emb.weight)
+    }
+    assert {id(p) for p in decay} == linear_weights
+    assert id(model.tok_emb.weight) in {id(p) for p in no_decay}  # tied head: an embedding
+    every = {id(p) for p in model.parameters()}
+    assert {id(p) for p in decay} | {id(p) for p in no_decay} == every
