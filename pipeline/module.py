@@ -110,16 +110,16 @@ class GPTLightningModule(pl.LightningModule):
         pooled = pool_last_token(logits, batch["lengths"])
         return classification_loss(pooled, batch["labels"]), pooled
 
+    def _predict(self, pooled: torch.Tensor) -> torch.Tensor:
+        return (pooled.squeeze(-1) > 0).long() if self.binary else pooled.argmax(-1)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, _ = self._step(batch)
-        self.log(
-            "train/loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch["input_ids"].shape[0],
-        )
+        loss, pooled = self._step(batch)
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        if pooled is not None:
+            accuracy = (self._predict(pooled) == batch["labels"].long()).float().mean()
+            self.log("train/acc", accuracy, on_step=True, on_epoch=True, batch_size=size)
         self._window_tokens += batch["n_tokens"]
         return loss
 
@@ -139,10 +139,8 @@ class GPTLightningModule(pl.LightningModule):
             metrics["loss"].update(loss, weight=n_real)
         else:
             metrics["loss"].update(loss, weight=batch["input_ids"].shape[0])
-            labels = batch["labels"]
-            preds = pooled.squeeze(-1) if self.binary else pooled.argmax(-1)
             for name in ("acc", "f1"):
-                metrics[name].update(preds, labels.long())
+                metrics[name].update(self._predict(pooled), batch["labels"].long())
 
     def _eval_epoch_end(self, stage: str) -> None:
         values = self.metrics[stage].compute()

@@ -31,15 +31,8 @@ def gpt_config(cfg: AppConfig, bundle: DataBundle, pretrained: GPTConfig | None)
     the task; the vocabulary from the tokenizer unless given."""
     m = cfg.model
     shape = GPTConfig(
+        **m.model_dump(exclude={"name", "init_from", "vocab_size"}),
         vocab_size=m.vocab_size or bundle.tokenizer.vocab_size,
-        context_length=m.context_length,
-        emb_dim=m.emb_dim,
-        n_heads=m.n_heads,
-        n_layers=m.n_layers,
-        drop_rate=m.drop_rate,
-        qkv_bias=m.qkv_bias,
-        tie_weights=m.tie_weights,
-        layer_norm_eps=m.layer_norm_eps,
     )
     if pretrained is not None:
         shape = replace(pretrained, drop_rate=m.drop_rate)

@@ -56,9 +56,14 @@ def test_mlflow_run_has_params_step_metrics_tags_and_artifacts(clf_run) -> None:
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
     history = client.get_metric_history(run.info.run_id, "train/loss_step")
     assert len(history) >= 5 and len({m.step for m in history}) == len(history)
-    assert {"val/acc", "val/f1", "test/acc", "train/lr", "train/tokens_per_sec"} <= set(
-        run.data.metrics
-    )
+    assert {
+        "val/acc",
+        "val/f1",
+        "test/acc",
+        "train/acc_step",
+        "train/lr",
+        "train/tokens_per_sec",
+    } <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "run.json", "export", "checkpoints"} <= artifacts
     exported = {a.path for a in client.list_artifacts(run.info.run_id, "export/hf")}
