@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # The pinned torch is installed first so that the project's range does not pull a newer
 # (multi-GB CUDA) build. Override on a GPU machine, e.g. TORCH="torch==2.13.0 --index-url ...".
 TORCH ?= torch==2.13.0
+# make sweep without ARGS runs this grid (a variable, so make does not split it at the commas).
+SWEEP_GRID ?= optim.lr=3e-4,1e-3,3e-3
 STAMP := $(VENV)/.installed
 ARGS ?=
 OUTPUTS := $(CURDIR)/outputs
@@ -17,7 +19,7 @@ PORT ?= 5000
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
@@ -31,7 +33,7 @@ test: $(STAMP)
 
 # A grid sweep with Hydra's multirun; pass your own grid with ARGS.
 sweep: $(STAMP)
-	$(PY) -m pipeline.train -m $(or $(ARGS),optim.lr=3e-4,1e-3,3e-3)
+	$(PY) -m pipeline.train -m $(or $(ARGS),$(SWEEP_GRID))
 
 ui: $(STAMP)
 	mkdir -p $(OUTPUTS)/mlartifacts

@@ -18,6 +18,7 @@ from pipeline.errors import UserError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 
+COMMAND_KEYS = {"ckpt", "split", "prompt", "max_new_tokens", "temperature", "top_k"}
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 EXPORT_FORMATS = ("hf", "weights")
 
@@ -144,7 +145,7 @@ class AppConfig(_Group):
     trainer: TrainerConfig
     logger: LoggerConfig
     export: ExportConfig = ExportConfig()
-    # evaluate / generate / export
+    # evaluate / generate / export (COMMAND_KEYS: not part of a training run's record)
     ckpt: str | None = None
     split: Literal["train", "val", "test"] = "test"
     prompt: str = ""

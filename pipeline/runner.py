@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -145,7 +146,8 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
     trained, bundle = build_model(cfg)
     trained.config = config_dict
     n_params = trained.model.num_parameters()
-    print(f"Model {cfg.model.name}: {n_params:,} parameters ({trained.task}).")
+    source = f"from {cfg.model.init_from}" if cfg.model.init_from else cfg.model.name
+    print(f"Model {source}: {n_params:,} parameters ({trained.task}).")
     trained.tokenizer.save(run_dir)
 
     outputs = Path(cfg.paths.outputs)
@@ -180,11 +182,17 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             cfg.data.num_workers,
         )
         trainer.fit(module, datamodule=datamodule)
+        if has_val and not any(k.startswith("val/") for k in trainer.callback_metrics):
+            # max_steps ended the run before the first scheduled validation.
+            trainer.validate(module, datamodule=datamodule, verbose=False)
         fit_metrics = _final_metrics(trainer)
         best = checkpoint.best_model_path or None
+        if best:
+            # Test and export the best checkpoint's weights, not the last step's.
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
         if bundle.splits["test"].ids:
-            # Test (and export) the best checkpoint's weights, not the last step's.
-            trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+            trainer.test(module, datamodule=datamodule, verbose=False)
         record["metrics"] = {**fit_metrics, **_final_metrics(trainer)}
         export_dir = Path(cfg.export.dir) if cfg.export.dir else run_dir / "export"
         exports = export_trained(trained, cfg.export.formats, export_dir)
@@ -195,14 +203,9 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             exports={fmt: str(path) for fmt, path in exports.items()},
         )
         failed = False
-    except KeyboardInterrupt:
-        record["error"] = "interrupted"
-        raise
-    except UserError as exc:
-        record["error"] = str(exc)
-        raise
-    except Exception as exc:
-        record["error"] = f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:
+        # Lightning turns Ctrl-C into SystemExit after its graceful shutdown.
+        record["error"] = describe_failure(exc)
         raise
     finally:
         record["status"] = tracking.run_status(failed)
@@ -224,6 +227,14 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             )
         tracking.write_run_json(run_dir, record)
     return record
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return "interrupted (Ctrl-C or a signal) before the run finished"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _artifacts(cfg: AppConfig, record: dict[str, Any]) -> dict[str, Path]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli import hydra_command
-from pipeline.config import PROJECT_ROOT, AppConfig
+from pipeline.config import COMMAND_KEYS, PROJECT_ROOT, AppConfig
 
 
 @hydra_command("config")
@@ -17,7 +17,7 @@ def main(cfg: AppConfig) -> dict[str, Any]:
     from pipeline.tracking import default_tracking_uri
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    record = train(cfg, cfg.model_dump(mode="json"), run_dir)
+    record = train(cfg, cfg.model_dump(mode="json", exclude=COMMAND_KEYS), run_dir)
     print_summary(record, record["tracking_uri"] == default_tracking_uri(PROJECT_ROOT / "outputs"))
     return record["metrics"]
 

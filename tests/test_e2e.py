@@ -4,11 +4,17 @@ folder and the MLflow record; evaluate, generate and export from the run folder.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.config import PROJECT_ROOT
 from tests.conftest import TINY, run_cli
 
 pytestmark = pytest.mark.slow
@@ -136,3 +142,31 @@ def test_logger_none_trains_without_a_store(tmp_path: Path) -> None:
     record, _ = train(tmp_path / "outputs", "logger=none", "trainer.max_epochs=1")
     assert record["run_id"] is None and record["status"] == "FINISHED"
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_ctrl_c_marks_the_run_failed_with_the_reason(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    args = [f"paths.outputs={outputs}", *TINY, "trainer.max_epochs=500"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(outputs.glob("runs/*/*/*/checkpoints/*.ckpt")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        proc.kill()
+    (run_json,) = outputs.glob("runs/*/*/*/run.json")
+    record = json.loads(run_json.read_text())
+    assert record["status"] == "FAILED" and "interrupted" in record["error"]
+    run = MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(record["run_id"])
+    assert run.info.status == "FAILED" and "interrupted" in run.data.tags["error"]
