@@ -6,6 +6,7 @@ param values to 250 characters and falls back to a file store unless told otherw
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -109,6 +110,7 @@ def start_run(
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "mlflow.source.name": "pipeline.train",
         "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
         **git_state(),
     }
     run = client.create_run(experiment_id, tags=tags, run_name=cfg.run_name or run_dir.name)
