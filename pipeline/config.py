@@ -6,6 +6,7 @@ Lightning or MLflow load, in well under two seconds.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,18 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 COMMAND_KEYS = {"ckpt", "split", "prompt", "max_new_tokens", "temperature", "top_k"}
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-EXPORT_FORMATS = ("hf", "weights")
+EXPORT_FORMATS = ("hf", "weights", "onnx")
+SIZE_PATTERN = r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+_UNITS.update(KiB=2**10, MiB=2**20, GiB=2**30)
+
+
+def parse_size(text: str) -> int:
+    """'500MB' -> 500_000_000 (decimal units as transformers uses; KiB/MiB/GiB binary)."""
+    match = re.match(SIZE_PATTERN, text.strip())
+    if match is None:
+        raise ValueError(f"not a size: {text!r}")
+    return int(float(match[1]) * _UNITS[match[2] or ""])
 
 
 class _Group(BaseModel):
@@ -30,13 +42,16 @@ class _Group(BaseModel):
 
 class ModelConfig(_Group):
     name: str
+    # gpt: the GPT of the teaching texts (the shape fields below). hf: any Hugging Face
+    # causal-LM / sequence-classification directory given by init_from (shape fields unused).
+    arch: Literal["gpt", "hf"] = "gpt"
     vocab_size: int | None = Field(default=None, gt=0)
-    context_length: int = Field(gt=0)
-    emb_dim: int = Field(gt=0)
-    n_heads: int = Field(gt=0)
-    n_layers: int = Field(gt=0)
-    drop_rate: float = Field(ge=0.0, lt=1.0)
-    qkv_bias: bool
+    context_length: int = Field(default=1024, gt=0)
+    emb_dim: int = Field(default=768, gt=0)
+    n_heads: int = Field(default=12, gt=0)
+    n_layers: int = Field(default=12, gt=0)
+    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    qkv_bias: bool = False
     tie_weights: bool = True
     layer_norm_eps: float = Field(default=1e-5, gt=0.0)
     init_from: str | None = None
@@ -125,6 +140,12 @@ class LoggerConfig(_Group):
 class ExportConfig(_Group):
     formats: list[Literal[EXPORT_FORMATS]] = ["hf"]  # type: ignore[valid-type]
     dir: str | None = None
+    # Larger safetensors weights are split into shards with an index, as transformers does.
+    max_shard_size: str = Field(default="5GB", pattern=SIZE_PATTERN)
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.max_shard_size)
 
 
 class PathsConfig(_Group):
@@ -175,6 +196,8 @@ def _describe(error: Any) -> UserError:
             f"Config error: {key} is required but not set. Set it on the command line ({key}=...)."
         )
     message = error["msg"]
+    if error["type"] == "string_pattern_mismatch":
+        message = "must be a size such as 500MB, 5GB or 2GiB"
     if message.startswith("Input should be "):
         message = "must be " + message[len("Input should be ") :]
     return _fail(key, error.get("input"), message)
@@ -192,7 +215,15 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
 def _check_consistency(cfg: AppConfig) -> None:
     """Rules that involve more than one field."""
     m, d, t = cfg.model, cfg.data, cfg.trainer
-    if m.emb_dim % m.n_heads:
+    if m.arch == "hf" and not m.init_from:
+        raise _fail(
+            "model.init_from",
+            None,
+            "a Hugging Face model directory (config.json + weights) when model=hf",
+        )
+    if m.init_from and not Path(m.init_from).expanduser().exists():
+        raise _fail("model.init_from", m.init_from, "an existing directory or file (not found)")
+    if m.arch == "gpt" and m.emb_dim % m.n_heads:
         divisors = [h for h in range(1, min(m.emb_dim, 64) + 1) if m.emb_dim % h == 0]
         raise _fail(
             "model.n_heads",
@@ -200,7 +231,7 @@ def _check_consistency(cfg: AppConfig) -> None:
             f"model.emb_dim ({m.emb_dim}) must be divisible by model.n_heads; "
             f"head counts that divide it: {divisors}",
         )
-    if d.max_length > m.context_length:
+    if m.arch == "gpt" and not m.init_from and d.max_length > m.context_length:
         raise _fail(
             "data.max_length",
             d.max_length,

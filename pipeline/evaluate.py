@@ -28,7 +28,7 @@ def evaluate(trained, data: DataConfig, seed: int, split: str, cfg: AppConfig) -
     from pipeline.errors import UserError
     from pipeline.module import GPTLightningModule
 
-    if (data.task == "causal_lm") != trained.model.cfg.is_lm:
+    if (data.task == "causal_lm") != trained.model.is_lm:
         raise UserError(
             f"The checkpoint is a {trained.task} model but data.task={data.task}. "
             f"Pass data settings for a {trained.task} data set."

@@ -13,23 +13,83 @@ from pipeline.config import AppConfig
 from pipeline.errors import UserError
 
 
-def export_trained(trained, formats: Iterable[str], out_dir: Path) -> dict[str, Path]:
-    """Write each format under out_dir/<format>/; returns {format: folder}."""
+def export_trained(
+    trained, formats: Iterable[str], out_dir: Path, max_shard_bytes: int = 5 * 10**9
+) -> dict[str, Path]:
+    """Write each format under out_dir/<format>/; returns {format: folder}.
+
+    Every file is written under a temporary name and renamed, so an interrupted export never
+    leaves a file that looks complete.
+    """
     import torch
 
     from pipeline.files import atomic_write
+    from pipeline.model.gpt import GPTModel
     from pipeline.model.weights import save_hf
 
+    model = trained.model.eval()
     written: dict[str, Path] = {}
     for fmt in formats:
         target = out_dir / fmt
-        if fmt == "hf":
-            save_hf(trained.model, target, trained.tokenizer, trained.label_names)
+        if fmt == "hf" and isinstance(model, GPTModel):
+            save_hf(model, target, trained.tokenizer, trained.label_names, max_shard_bytes)
+        elif fmt == "hf":
+            model.save(target, trained.tokenizer, max_shard_bytes)
         elif fmt == "weights":
-            state = {k: v.detach().cpu().clone() for k, v in trained.model.state_dict().items()}
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             atomic_write(target / "model.pth", lambda tmp, s=state: torch.save(s, tmp))
+        elif fmt == "onnx":
+            atomic_write(target / "model.onnx", lambda tmp: export_onnx(model, tmp))
         written[fmt] = target
     return written
+
+
+def export_onnx(model, path: Path) -> None:
+    """ONNX graph with inputs input_ids and attention_mask (batch and sequence axes dynamic).
+
+    Output `logits`: (batch, tokens, vocab) for a language model; (batch, n_outputs) for a
+    classifier, already pooled at each sequence's last real token.
+    """
+    import importlib.util
+
+    import torch
+
+    from pipeline.model.gpt import pool_last_token
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise UserError(
+            "export.formats includes onnx, which needs the onnx and onnxscript packages. "
+            "Install the project with its onnx extra: pip install -e '.[onnx]'."
+        )
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            logits = self.model(input_ids, attention_mask)
+            if self.model.is_lm:
+                return logits
+            if logits.dim() == 3:
+                return pool_last_token(logits, attention_mask.sum(-1))
+            return logits
+
+    batch = torch.export.Dim("batch")
+    seq = torch.export.Dim("sequence", min=2, max=model.context_length)
+    example = torch.ones(2, 8, dtype=torch.long)
+    axes = {0: batch, 1: seq}
+    torch.onnx.export(
+        Graph().eval(),
+        (example, torch.ones_like(example)),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
 
 
 def default_export_dir(ckpt: Path) -> Path:
@@ -51,7 +111,9 @@ def main(cfg: AppConfig) -> dict[str, Path]:
 
     ckpt = Path(cfg.ckpt)
     out_dir = Path(cfg.export.dir) if cfg.export.dir else default_export_dir(ckpt)
-    written = export_trained(load_trained(ckpt), cfg.export.formats, out_dir)
+    written = export_trained(
+        load_trained(ckpt), cfg.export.formats, out_dir, cfg.export.max_shard_bytes
+    )
     for fmt, folder in written.items():
         print(f"{fmt:>8}: {folder}")
     return written

@@ -21,8 +21,8 @@ def main(cfg: AppConfig) -> str:
         raise UserError(f"{cfg.ckpt} has no tokenizer, so a text prompt cannot be encoded.")
     model, tokenizer = trained.model.eval(), trained.tokenizer
     ids = tokenizer.encode(cfg.prompt) or [tokenizer.eos_id]
-    input_ids = torch.tensor([ids[-model.cfg.context_length :]])
-    if not model.cfg.is_lm:
+    input_ids = torch.tensor([ids[-model.context_length :]])
+    if not model.is_lm:
         with torch.no_grad():
             logits = model(input_ids)[0, -1]
         probs = (

@@ -19,12 +19,7 @@ from torchmetrics.classification import (
 
 from pipeline.config import OptimConfig
 from pipeline.data import IGNORE_INDEX
-from pipeline.model.gpt import GPTModel
-
-
-def pool_last_token(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The logits at each sequence's last real token (never a pad: padding is on the right)."""
-    return logits[torch.arange(logits.shape[0], device=logits.device), lengths - 1]
+from pipeline.model.gpt import pool_last_token
 
 
 def classification_loss(pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -77,12 +72,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class GPTLightningModule(pl.LightningModule):
-    def __init__(self, model: GPTModel, optim: OptimConfig, n_classes: int = 0):
+    def __init__(self, model: nn.Module, optim: OptimConfig, n_classes: int = 0):
+        """`model`: our GPTModel or an HFModel; both map input_ids to logits."""
         super().__init__()
         self.model = model
         self.optim = optim
-        self.is_lm = model.cfg.is_lm
-        self.binary = model.cfg.n_outputs == 1
+        self.is_lm = model.is_lm
+        self.binary = model.n_outputs == 1
         self.metrics = nn.ModuleDict(
             {stage: self._make_metrics(n_classes) for stage in ("val", "test")}
         )
@@ -107,7 +103,8 @@ class GPTLightningModule(pl.LightningModule):
         logits = self.model(batch["input_ids"])
         if self.is_lm:
             return lm_loss(logits, batch["targets"]), None
-        pooled = pool_last_token(logits, batch["lengths"])
+        # Hugging Face classifiers pool inside (at the last non-pad token); ours give every position.
+        pooled = logits if logits.dim() == 2 else pool_last_token(logits, batch["lengths"])
         return classification_loss(pooled, batch["labels"]), pooled
 
     def _predict(self, pooled: torch.Tensor) -> torch.Tensor:

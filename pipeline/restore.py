@@ -7,6 +7,7 @@ directory, or a single weights file (`.safetensors`, `.pth`, `.pt`, `.bin`).
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,12 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.model.gpt import GPTConfig, GPTModel
-from pipeline.model.weights import gpt_config_from_hf, load_into, read_hf_dir, read_state_dict
+from pipeline.model.weights import (
+    build_from_state,
+    gpt_config_from_hf,
+    read_hf_dir,
+    read_state_dict,
+)
 from pipeline.tokenizer import TextTokenizer
 
 CHECKPOINT_KEY = "pipeline"  # where our metadata lives inside a Lightning checkpoint
@@ -23,7 +29,7 @@ CHECKPOINT_KEY = "pipeline"  # where our metadata lives inside a Lightning check
 
 @dataclass
 class Trained:
-    model: GPTModel
+    model: GPTModel | Any  # or pipeline.model.hf.HFModel (imported only for model=hf)
     tokenizer: TextTokenizer | None
     label_names: list[str] = field(default_factory=list)
     # The resolved config of the run that produced it, when known.
@@ -31,11 +37,11 @@ class Trained:
 
     @property
     def task(self) -> str:
-        return "causal_lm" if self.model.cfg.is_lm else "classification"
+        return "causal_lm" if self.model.is_lm else "classification"
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {
-            "gpt_config": self.model.cfg.to_dict(),
+            **self.model.metadata(),
             "tokenizer": self.tokenizer.to_json() if self.tokenizer else None,
             "label_names": self.label_names,
             "config": self.config,
@@ -58,38 +64,78 @@ def run_checkpoint(run_dir: Path) -> Path:
     )
 
 
-def load_lightning_checkpoint(path: Path) -> Trained:
+def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(
+            f"Refused to load {path}: it needs more than plain data to unpickle "
+            f"({str(exc).splitlines()[0]}), and unpickling arbitrary objects can run code."
+        ) from None
     except Exception as exc:
         raise UserError(
             f"{path} could not be read as a Lightning checkpoint "
             f"({str(exc).splitlines()[0]}); it may be truncated, or not a .ckpt."
         ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise UserError(f"{path} is not a Lightning checkpoint (it has no state_dict).")
+    return ckpt
+
+
+def load_lightning_checkpoint(path: Path) -> Trained:
+    return trained_from_checkpoint(read_lightning_checkpoint(path), path)
+
+
+def trained_from_checkpoint(ckpt: dict[str, Any], path: Path) -> Trained:
     meta = ckpt.get(CHECKPOINT_KEY)
     if not isinstance(meta, dict):
         raise UserError(
             f"{path} is a Lightning checkpoint without this pipeline's metadata (model shape, "
-            "tokenizer). Use a checkpoint written by pipeline.train."
+            "tokenizer). Use a checkpoint written by pipeline.train, or pass it as "
+            "model.init_from with a model preset of its shape."
         )
-    model = GPTModel(GPTConfig(**meta["gpt_config"]))
-    load_into(model, ckpt["state_dict"], str(path))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    if meta.get("arch") == "hf":
+        from pipeline.model.hf import HFModel
+
+        model = HFModel.from_metadata(meta)
+        model.load_state_dict(state)
+    else:
+        model = build_from_state(GPTConfig(**meta["gpt_config"]), state, str(path))
     tokenizer = TextTokenizer.from_json(meta["tokenizer"]) if meta.get("tokenizer") else None
     return Trained(model, tokenizer, meta.get("label_names") or [], meta.get("config") or {})
 
 
+def has_tokenizer(directory: Path) -> bool:
+    return (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file()
+
+
 def load_hf_directory(directory: Path) -> Trained:
+    """A GPT-2 directory as our GPT; any other architecture through transformers."""
     config, state = read_hf_dir(directory)
-    model = GPTModel(gpt_config_from_hf(config))
-    load_into(model, state, str(directory))
-    has_tokenizer = (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file()
-    tokenizer = TextTokenizer.load(directory) if has_tokenizer else None
-    return Trained(model, tokenizer, config.get("pipeline_label_names") or [])
+    tokenizer = TextTokenizer.load(directory) if has_tokenizer(directory) else None
+    labels = config.get("pipeline_label_names") or []
+    if config.get("model_type") == "gpt2":
+        model = build_from_state(gpt_config_from_hf(config), state, str(directory))
+        return Trained(model, tokenizer, labels)
+    from pipeline.model.hf import HFModel
+
+    classifier = any("ForSequenceClassification" in a for a in config.get("architectures", []))
+    n_outputs = config.get("num_labels", len(labels) or 2) if classifier else None
+    pad_id = tokenizer.pad_id if tokenizer else config.get("pad_token_id") or 0
+    model = HFModel.from_pretrained(directory, n_outputs, pad_id, labels)
+    return Trained(model, tokenizer, labels)
 
 
 def load_trained(path: str | Path) -> Trained:
-    """Whatever `path` holds, as a Trained model (see the module docstring for the layouts)."""
-    path = Path(path).expanduser()
+    """Whatever `path` holds, as a Trained model in eval mode (see the module docstring for
+    the layouts)."""
+    trained = _load_trained(Path(path).expanduser())
+    trained.model.eval()
+    return trained
+
+
+def _load_trained(path: Path) -> Trained:
     if not path.exists():
         raise UserError(
             f"{path} does not exist. Pass a run folder, a .ckpt, an export folder, or a "
@@ -121,8 +167,21 @@ class Pretrained:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
+    """Weights for our GPT from any supported layout (model.init_from)."""
     path = Path(path).expanduser()
-    if path.is_dir() or path.suffix == ".ckpt":
+    if path.suffix == ".ckpt":
+        ckpt = read_lightning_checkpoint(path)
+        if CHECKPOINT_KEY not in ckpt:
+            # Another project's Lightning checkpoint: its weights, the shape from the preset.
+            return Pretrained(ckpt["state_dict"])
+        trained = trained_from_checkpoint(ckpt, path)
+    elif path.is_dir():
         trained = load_trained(path)
-        return Pretrained(trained.model.state_dict(), trained.model.cfg, trained.tokenizer)
-    return Pretrained(read_state_dict(path))
+    else:
+        return Pretrained(read_state_dict(path))
+    if not isinstance(trained.model, GPTModel):
+        raise UserError(
+            f"{path} holds a {trained.model.hf.config.model_type!r} model, not a GPT-2. "
+            "Train it with model=hf model.init_from=<its folder>."
+        )
+    return Pretrained(trained.model.state_dict(), trained.model.cfg, trained.tokenizer)

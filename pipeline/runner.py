@@ -23,7 +23,7 @@ from pipeline.export import export_trained
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.model.weights import load_into
 from pipeline.module import GPTLightningModule
-from pipeline.restore import CHECKPOINT_KEY, Trained, load_pretrained
+from pipeline.restore import CHECKPOINT_KEY, Trained, has_tokenizer, load_pretrained
 from pipeline.tokenizer import TextTokenizer
 
 
@@ -32,7 +32,7 @@ def gpt_config(cfg: AppConfig, bundle: DataBundle, pretrained: GPTConfig | None)
     the task; the vocabulary from the tokenizer unless given."""
     m = cfg.model
     shape = GPTConfig(
-        **m.model_dump(exclude={"name", "init_from", "vocab_size"}),
+        **m.model_dump(exclude={"name", "arch", "init_from", "vocab_size"}),
         vocab_size=m.vocab_size or bundle.tokenizer.vocab_size,
     )
     if pretrained is not None:
@@ -118,6 +118,8 @@ def check_devices(cfg: AppConfig) -> None:
 
 def build_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
     """Data, tokenizer and the model (pretrained weights loaded when model.init_from is set)."""
+    if cfg.model.arch == "hf":
+        return build_hf_model(cfg)
     pretrained = load_pretrained(cfg.model.init_from) if cfg.model.init_from else None
     tokenizer = pretrained.tokenizer if pretrained else None
     if cfg.data.tokenizer.path:
@@ -127,6 +129,30 @@ def build_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
     if pretrained is not None:
         # A classifier gets a new head sized from its labels; the pretrained head is dropped.
         load_into(model, pretrained.state, str(cfg.model.init_from), new_head=not model.cfg.is_lm)
+    return Trained(model, bundle.tokenizer, bundle.label_names), bundle
+
+
+def build_hf_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
+    """A Hugging Face model directory with its own tokenizer (model=hf)."""
+    from pipeline.model.hf import HFModel
+
+    directory = Path(cfg.model.init_from)
+    tokenizer_path = cfg.data.tokenizer.path or (directory if has_tokenizer(directory) else None)
+    if tokenizer_path is None:
+        raise UserError(
+            f"{directory} has no tokenizer (tokenizer.json, or vocab.json + merges.txt), and a "
+            "pretrained model needs the tokenizer it was trained with. Set "
+            "data.tokenizer.path=<its tokenizer>."
+        )
+    bundle = build_data(cfg.data, cfg.seed, TextTokenizer.load(tokenizer_path))
+    model = HFModel.from_pretrained(
+        directory, bundle.n_outputs, bundle.tokenizer.pad_id, bundle.label_names
+    )
+    if cfg.data.max_length > model.context_length:
+        raise UserError(
+            f"data.max_length={cfg.data.max_length} is longer than the model's context "
+            f"({model.context_length} tokens). Lower data.max_length."
+        )
     return Trained(model, bundle.tokenizer, bundle.label_names), bundle
 
 
@@ -195,7 +221,9 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             trainer.test(module, datamodule=datamodule, verbose=False)
         record["metrics"] = {**fit_metrics, **_final_metrics(trainer)}
         export_dir = Path(cfg.export.dir) if cfg.export.dir else run_dir / "export"
-        exports = export_trained(trained, cfg.export.formats, export_dir)
+        exports = export_trained(
+            trained, cfg.export.formats, export_dir, cfg.export.max_shard_bytes
+        )
         last = run_dir / "checkpoints" / "last.ckpt"
         record["paths"].update(
             best_checkpoint=best,

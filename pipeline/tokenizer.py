@@ -14,24 +14,39 @@ from pipeline.files import write_json, write_text
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 class TextTokenizer:
-    """A `tokenizers.Tokenizer` plus the two ids the pipeline needs: end of text and padding."""
+    """A `tokenizers.Tokenizer` plus the two ids the pipeline needs: end of text and padding.
 
-    def __init__(self, tokenizer: Tokenizer):
+    The tokens default to GPT-2's; a model directory's tokenizer_config.json names its own
+    (Llama 3's <|end_of_text|>, for example).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        eos: str = EOS,
+        pad: str | None = None,
+        config_files: dict[str, str] | None = None,
+    ):
         self.tokenizer = tokenizer
-        eos = tokenizer.token_to_id(EOS)
-        if eos is None:
+        # A pretrained tokenizer's own tokenizer_config.json / special_tokens_map.json (chat
+        # template, BOS handling...), written back verbatim on export.
+        self.config_files = config_files or {}
+        eos_id = tokenizer.token_to_id(eos)
+        if eos_id is None:
             raise UserError(
-                f"The tokenizer has no {EOS!r} token, which marks the end of a text. "
-                "Use a GPT-2 style byte-level BPE tokenizer, or let the pipeline train one "
-                "(data.tokenizer.path=null)."
+                f"The tokenizer has no {eos!r} token, which marks the end of a text. "
+                "Use a tokenizer that has one (name it as eos_token in tokenizer_config.json "
+                "beside tokenizer.json), or let the pipeline train one (data.tokenizer.path=null)."
             )
-        self.eos_id = eos
-        # GPT-2's own tokenizer has no padding token; padding is masked out, so EOS serves.
-        pad = tokenizer.token_to_id(PAD)
-        self.pad_id = eos if pad is None else pad
+        self.eos_id = eos_id
+        self.eos, self.pad = eos, pad or PAD
+        # Many pretrained tokenizers have no padding token; padding is masked out, so EOS serves.
+        pad_id = tokenizer.token_to_id(self.pad)
+        self.pad_id = eos_id if pad_id is None else pad_id
 
     @property
     def vocab_size(self) -> int:
@@ -47,11 +62,22 @@ class TextTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def to_json(self) -> str:
-        return self.tokenizer.to_str()
+        """The tokenizer and its special tokens, as one string (stored in checkpoints)."""
+        return json.dumps(
+            {
+                "tokenizer": self.tokenizer.to_str(),
+                "eos": self.eos,
+                "pad": self.pad,
+                "config_files": self.config_files,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> TextTokenizer:
-        return cls(Tokenizer.from_str(text))
+        data = json.loads(text)
+        return cls(
+            Tokenizer.from_str(data["tokenizer"]), data["eos"], data["pad"], data["config_files"]
+        )
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int) -> TextTokenizer:
@@ -73,6 +99,13 @@ class TextTokenizer:
     def load(cls, path: str | Path) -> TextTokenizer:
         """A tokenizer.json file, or a directory with tokenizer.json or vocab.json + merges.txt."""
         path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        eos, pad = _special_tokens(folder)
+        files = {
+            name: (folder / name).read_text(encoding="utf-8")
+            for name in CONFIG_FILES
+            if (folder / name).is_file()
+        }
         if path.is_dir():
             if (path / "tokenizer.json").is_file():
                 path = path / "tokenizer.json"
@@ -81,7 +114,7 @@ class TextTokenizer:
                 tokenizer = Tokenizer(bpe)
                 tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
                 tokenizer.decoder = decoders.ByteLevel()
-                return cls(tokenizer)
+                return cls(tokenizer, eos, pad, files)
             else:
                 raise UserError(
                     f"No tokenizer in {path}: expected tokenizer.json, or vocab.json with "
@@ -91,35 +124,49 @@ class TextTokenizer:
         if not path.is_file():
             raise UserError(f"Tokenizer file {path} does not exist. Check data.tokenizer.path.")
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise UserError(
                 f"{path} is not a readable tokenizer.json ({exc}). Point data.tokenizer.path "
                 "at a file saved by the `tokenizers` library or by transformers."
             ) from None
+        return cls(tokenizer, eos, pad, files)
 
     def save(self, directory: str | Path) -> None:
         """tokenizer.json plus the small files transformers' AutoTokenizer reads beside it."""
         directory = Path(directory)
-        write_text(directory / "tokenizer.json", self.to_json())
-        pad = self.tokenizer.id_to_token(self.pad_id)
+        write_text(directory / "tokenizer.json", self.tokenizer.to_str())
+        if self.config_files:
+            for name, text in self.config_files.items():
+                write_text(directory / name, text)
+            return
+        eos, pad = self.eos, self.tokenizer.id_to_token(self.pad_id)
+        special = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": pad}
         write_json(
             directory / "tokenizer_config.json",
             {
                 "tokenizer_class": "PreTrainedTokenizerFast",
-                "bos_token": EOS,
-                "eos_token": EOS,
-                "unk_token": EOS,
-                "pad_token": pad,
+                **special,
                 "model_max_length": None,
                 "add_prefix_space": False,
                 "clean_up_tokenization_spaces": False,
             },
         )
-        write_text(
-            directory / "special_tokens_map.json",
-            json.dumps(
-                {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad},
-                indent=2,
-            ),
-        )
+        write_json(directory / "special_tokens_map.json", special)
+
+
+def _special_tokens(directory: Path) -> tuple[str, str | None]:
+    """The end-of-text and padding tokens a model directory declares, else GPT-2's."""
+    config = directory / "tokenizer_config.json"
+    if not config.is_file():
+        return EOS, None
+    try:
+        data = json.loads(config.read_text())
+    except json.JSONDecodeError:
+        return EOS, None
+
+    def token(value: object) -> str | None:
+        # Either a plain string or transformers' {"content": ...} form.
+        return value.get("content") if isinstance(value, dict) else value  # type: ignore[return-value]
+
+    return token(data.get("eos_token")) or EOS, token(data.get("pad_token"))

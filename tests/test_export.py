@@ -11,9 +11,8 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.export import export_trained
-from pipeline.model.gpt import GPTConfig, GPTModel
+from pipeline.model.gpt import GPTConfig, GPTModel, pool_last_token
 from pipeline.model.weights import load_into, read_state_dict, save_hf
-from pipeline.module import pool_last_token
 from pipeline.restore import Trained, load_trained
 from pipeline.tokenizer import TextTokenizer
 

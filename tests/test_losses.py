@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pipeline.data import IGNORE_INDEX
-from pipeline.module import classification_loss, lm_loss, lr_lambda, pool_last_token
+from pipeline.model.gpt import pool_last_token
+from pipeline.module import classification_loss, lm_loss, lr_lambda
 
 
 def test_binary_loss_is_logistic_regression_loss() -> None:

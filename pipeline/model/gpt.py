@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.model.sampling import Generates
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -97,10 +99,11 @@ class TransformerBlock(nn.Module):
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
-class GPTModel(nn.Module):
+class GPTModel(Generates, nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
+        self.context_length = cfg.context_length
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
@@ -125,6 +128,18 @@ class GPTModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     @property
+    def is_lm(self) -> bool:
+        return self.cfg.is_lm
+
+    @property
+    def n_outputs(self) -> int | None:
+        return self.cfg.n_outputs
+
+    def metadata(self) -> dict:
+        """What rebuilds this model (stored in checkpoints)."""
+        return {"arch": "gpt", "gpt_config": self.cfg.to_dict()}
+
+    @property
     def tied(self) -> bool:
         return self.out_head.weight is self.tok_emb.weight
 
@@ -141,37 +156,18 @@ class GPTModel(nn.Module):
             x = block(x)
         return self.final_norm(x)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits for every position: (batch, tokens, head_size)."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits for every position: (batch, tokens, head_size). Padding is on the right and
+        attention is causal, so real tokens never see it: `attention_mask` is not needed."""
         return self.out_head(self.hidden_states(input_ids))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         # parameters() yields a tied tensor once, so the count is not doubled.
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        eos_id: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Sample continuations; temperature 0 is greedy decoding."""
-        for _ in range(max_new_tokens):
-            logits = self(input_ids[:, -self.cfg.context_length :])[:, -1, :]
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = torch.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
-            input_ids = torch.cat([input_ids, next_id], dim=1)
-            if eos_id is not None and bool((next_id == eos_id).all()):
-                break
-        return input_ids
+
+def pool_last_token(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The logits at each sequence's last real token (never a pad: padding is on the right)."""
+    return logits[torch.arange(logits.shape[0], device=logits.device), lengths - 1]

@@ -158,8 +158,9 @@ def hf_config(
 def gpt_config_from_hf(config: dict) -> GPTConfig:
     if config.get("model_type") != "gpt2":
         raise UserError(
-            f"config.json describes a {config.get('model_type')!r} model; the GPT path reads "
-            "GPT-2 checkpoints (model_type 'gpt2')."
+            f"config.json describes a {config.get('model_type')!r} model, and the GPT presets "
+            "read GPT-2 checkpoints (model_type 'gpt2'). Train it with model=hf "
+            "model.init_from=<the same directory>."
         )
     is_lm = "GPT2ForSequenceClassification" not in config.get("architectures", [])
     labels = config.get("pipeline_label_names")
@@ -183,16 +184,14 @@ def save_hf(
     directory: str | Path,
     tokenizer: TextTokenizer | None = None,
     label_names: list[str] | None = None,
+    max_shard_bytes: int = 5 * 10**9,
 ) -> Path:
-    """config.json + model.safetensors (+ tokenizer files) that transformers loads directly."""
+    """config.json + model.safetensors (or shards and their index) + tokenizer files, which
+    transformers loads directly as GPT2LMHeadModel / GPT2ForSequenceClassification."""
     directory = Path(directory)
     cfg = model.cfg
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tensors = to_hf_gpt2(state, cfg)
-    atomic_write(
-        directory / "model.safetensors",
-        lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}),
-    )
+    save_safetensors(to_hf_gpt2(state, cfg), directory, max_shard_bytes)
     write_json(directory / "config.json", hf_config(cfg, tokenizer, label_names))
     if cfg.is_lm and tokenizer is not None:
         write_json(
@@ -241,22 +240,100 @@ def read_state_dict(path: str | Path) -> StateDict:
     return obj
 
 
-def read_hf_dir(directory: str | Path) -> tuple[dict, StateDict]:
-    """config.json and the weights of a Hugging Face GPT-2 directory."""
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def has_hf_weights(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in HF_WEIGHT_FILES)
+
+
+def read_hf_weights(directory: str | Path) -> StateDict:
+    """The weights of a Hugging Face directory: one file, or the shards its index names."""
     directory = Path(directory)
-    config = json.loads((directory / "config.json").read_text())
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return config, read_state_dict(directory / name)
-    raise UserError(f"{directory} has a config.json but no model.safetensors or pytorch_model.bin.")
+    for name in HF_WEIGHT_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return read_state_dict(path)
+        try:
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            raise UserError(f"{path} is not a valid shard index ({exc}).") from None
+        state: StateDict = {}
+        for shard in shards:
+            state.update(read_state_dict(directory / shard))
+        return state
+    raise UserError(f"{directory} has no weights: expected one of {', '.join(HF_WEIGHT_FILES)}.")
 
 
-def load_into(model: GPTModel, state: StateDict, source: str, new_head: bool = False) -> None:
-    """Copy `state` into `model`; any missing, unexpected or misshapen key is a UserError that
+def read_hf_dir(directory: str | Path) -> tuple[dict, StateDict]:
+    """config.json and the weights of a Hugging Face directory."""
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{directory / 'config.json'} is not valid JSON ({exc}).") from None
+    return config, read_hf_weights(directory)
+
+
+def save_safetensors(tensors: StateDict, directory: Path, max_shard_bytes: int) -> None:
+    """model.safetensors, or shards of at most max_shard_bytes plus the index transformers
+    reads; weight files of the other layout left by an earlier export are removed."""
+    sizes = {k: v.numel() * v.element_size() for k, v in tensors.items()}
+    shards: list[list[str]] = [[]]
+    used = 0
+    for key in tensors:
+        if shards[-1] and used + sizes[key] > max_shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(key)
+        used += sizes[key]
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, keys in zip(names, shards, strict=True):
+        part = {k: tensors[k] for k in keys}
+        atomic_write(
+            directory / name,
+            lambda tmp, part=part: save_file(part, str(tmp), metadata={"format": "pt"}),
+        )
+    index = directory / "model.safetensors.index.json"
+    if len(shards) > 1:
+        weight_map = {k: name for name, keys in zip(names, shards, strict=True) for k in keys}
+        write_json(
+            index, {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+        )
+    keep = {*names, index.name} if len(shards) > 1 else set(names)
+    for stale in directory.glob("model*.safetensors*"):
+        if stale.name not in keep:
+            stale.unlink()
+
+
+def build_from_state(cfg: GPTConfig, state: StateDict, source: str) -> GPTModel:
+    """A GPT holding `state`'s tensors themselves: built on the meta device (no random init to
+    throw away), then the loaded (for safetensors, memory-mapped) tensors are assigned."""
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    load_into(model, state, source, assign=True)
+    return model
+
+
+def load_into(
+    model: GPTModel, state: StateDict, source: str, new_head: bool = False, assign: bool = False
+) -> None:
+    """Load `state` into `model`; any missing, unexpected or misshapen key is a UserError that
     names the first few keys, both shapes, and the config field that likely differs.
 
     With `new_head`, the file's output head is dropped and the model keeps its fresh one
-    (a pretrained LM fine-tuned as a classifier).
+    (a pretrained LM fine-tuned as a classifier). With `assign`, the tensors become the
+    parameters instead of being copied into them.
     """
     if is_hf_gpt2(state):
         state = from_hf_gpt2(state, model.cfg)
@@ -284,7 +361,10 @@ def load_into(model: GPTModel, state: StateDict, source: str, new_head: bool = F
             f"The weights in {source} do not fit the model ({'; '.join(problems)}). "
             f"{_likely_field(mismatched, missing, unexpected)}"
         )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
+    if model.cfg.tie_weights and model.cfg.is_lm:
+        # Assignment gives the two names separate tensors; tie them again.
+        model.out_head.weight = model.tok_emb.weight
 
 
 def _likely_field(mismatched: list[str], missing: list[str], unexpected: list[str]) -> str:

@@ -1,0 +1,131 @@
+"""Any local Hugging Face causal-LM or sequence-classification model (Llama, OLMo, Qwen,
+GPT-NeoX, ...) behind the interface of our GPT: logits from input_ids.
+
+Only `model=hf` imports this module, so the GPT path never loads transformers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.model.sampling import Generates
+
+try:
+    import transformers
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        PretrainedConfig,
+    )
+except ImportError:  # pragma: no cover - depends on the install
+    transformers = None
+
+
+def _require_transformers() -> None:
+    if transformers is None:
+        raise UserError(
+            "model=hf needs the transformers library, which is not installed. Install the "
+            "project with its hf extra: pip install -e '.[hf]'."
+        )
+
+
+def _classifier_config(config: PretrainedConfig, n_outputs: int, labels: list[str]) -> None:
+    """Label names and the loss transformers should use: one logit is logistic regression."""
+    outputs = labels if n_outputs > 1 else labels[1:2]
+    config.num_labels = n_outputs
+    config.id2label = dict(enumerate(outputs))
+    config.label2id = {name: i for i, name in enumerate(outputs)}
+    config.problem_type = (
+        "multi_label_classification" if n_outputs == 1 else "single_label_classification"
+    )
+    config.pipeline_label_names = labels
+
+
+class HFModel(Generates, nn.Module):
+    def __init__(self, model: nn.Module, n_outputs: int | None):
+        super().__init__()
+        self.hf = model
+        self.n_outputs = n_outputs
+        config = model.config
+        self.context_length = int(
+            getattr(config, "max_position_embeddings", None)
+            or getattr(config, "n_positions", None)
+            or 2048
+        )
+
+    @property
+    def is_lm(self) -> bool:
+        return self.n_outputs is None
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, n_outputs: int | None, pad_id: int, labels: list[str]
+    ) -> HFModel:
+        """A causal LM, or a classifier whose new head has `n_outputs` logits (the pretrained
+        LM head is dropped)."""
+        _require_transformers()
+        transformers.logging.set_verbosity_error()
+        try:
+            config = AutoConfig.from_pretrained(directory)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(
+                f"{directory} is not a Hugging Face model directory transformers can read "
+                f"({str(exc).splitlines()[0]})."
+            ) from None
+        config.pad_token_id = pad_id
+        if n_outputs is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, config=config, dtype=torch.float32
+            )
+        else:
+            _classifier_config(config, n_outputs, labels)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                directory, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
+            )
+        return cls(model, n_outputs)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> HFModel:
+        """The architecture recorded in a checkpoint, with fresh weights (loaded after)."""
+        _require_transformers()
+        config_dict = dict(meta["hf_config"])
+        config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+        auto = (
+            AutoModelForCausalLM
+            if meta["n_outputs"] is None
+            else AutoModelForSequenceClassification
+        )
+        return cls(auto.from_config(config, dtype=torch.float32), meta["n_outputs"])
+
+    def metadata(self) -> dict[str, Any]:
+        return {"arch": "hf", "hf_config": self.hf.config.to_dict(), "n_outputs": self.n_outputs}
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Causal LM: (batch, tokens, vocab). Classifier: (batch, n_outputs), pooled by
+        transformers at the last token that is not padding."""
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def save(self, directory: Path, tokenizer, max_shard_bytes: int) -> None:
+        """save_pretrained into a temporary folder, then each file renamed into place."""
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory.parent, prefix=".hf-export-") as tmp:
+            self.hf.save_pretrained(tmp, max_shard_size=max_shard_bytes, safe_serialization=True)
+            for stale in directory.glob("model*.safetensors*"):
+                stale.unlink()
+            for path in Path(tmp).iterdir():
+                shutil.move(str(path), directory / path.name)
+        if tokenizer is not None:
+            tokenizer.save(directory)
