@@ -5,6 +5,8 @@ python -m pipeline.export ckpt=<run folder|.ckpt|export dir> export.formats=[hf,
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -75,21 +77,25 @@ def export_onnx(model, path: Path) -> None:
                 return pool_last_token(logits, attention_mask.sum(-1))
             return logits
 
+    # The exporter warns about torchvision ops and shared axis names; neither concerns us.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     batch = torch.export.Dim("batch")
     seq = torch.export.Dim("sequence", min=2, max=model.context_length)
     example = torch.ones(2, 8, dtype=torch.long)
     axes = {0: batch, 1: seq}
-    torch.onnx.export(
-        Graph().eval(),
-        (example, torch.ones_like(example)),
-        str(path),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_shapes={"input_ids": axes, "attention_mask": axes},
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Graph().eval(),
+            (example, torch.ones_like(example)),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
 
 
 def default_export_dir(ckpt: Path) -> Path:

@@ -37,6 +37,11 @@ def gpt_config(cfg: AppConfig, bundle: DataBundle, pretrained: GPTConfig | None)
     )
     if pretrained is not None:
         shape = replace(pretrained, drop_rate=m.drop_rate)
+    if cfg.data.max_length > shape.context_length:
+        raise UserError(
+            f"data.max_length={cfg.data.max_length} is longer than the model's context "
+            f"({shape.context_length} tokens). Lower data.max_length."
+        )
     if shape.vocab_size < bundle.tokenizer.vocab_size:
         raise UserError(
             f"model.vocab_size={shape.vocab_size} is smaller than the tokenizer's vocabulary "

@@ -233,6 +233,12 @@ def test_errors_name_keys_shapes_and_fixes(tmp_path, tokenizer) -> None:
     unbiased = GPTModel(replace(model.cfg, qkv_bias=False))
     with pytest.raises(UserError, match=r"unexpected keys: .*W_query.bias.*qkv_bias probably"):
         load_into(unbiased, state, "x")
+    # A GPT-2-named file of another width is reported, not crashed on.
+    wide = GPTModel(replace(model.cfg, emb_dim=64))
+    with pytest.raises(
+        UserError, match=r"tok_emb.weight \(296, 48\) in the file vs \(296, 64\).*emb_dim"
+    ):
+        load_into(wide, hf.state_dict(), "gpt2.safetensors")
     # A Llama directory given to a GPT preset says which model group reads it.
     tiny_llama(tmp_path / "llama", tokenizer)
     with pytest.raises(UserError, match=r"model=hf model.init_from="):

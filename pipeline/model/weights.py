@@ -71,36 +71,48 @@ def is_hf_gpt2(state: StateDict) -> bool:
     return any(key.endswith("attn.c_attn.weight") for key in state)
 
 
+# Causal-mask buffers that old GPT-2 checkpoints store; the model rebuilds them.
+_HF_BUFFERS = ("attn.bias", "attn.masked_bias")
+
+
 def from_hf_gpt2(state: StateDict, cfg: GPTConfig) -> StateDict:
     """Hugging Face GPT-2 naming (with or without the `transformer.` prefix) to ours.
 
-    The classification or LM head is returned only when it fits `cfg`'s head.
+    Sizes come from the file, not from `cfg`, so a file of another shape reaches load_into's
+    mismatch report; keys it does not know pass through and are reported as unexpected. The
+    LM head is kept only when it fits `cfg`'s head; a zero q/k/v bias is dropped for a model
+    without one (our GPT-2 exports write zeros there).
     """
     hf = {key.removeprefix("transformer."): value for key, value in state.items()}
-    d = cfg.emb_dim
     out: StateDict = {}
+    used = set()
     for ours, name in _TOP:
         if name in hf:
-            out[ours] = hf[name]
-    for i in range(cfg.n_layers):
+            out[ours], _ = hf[name], used.add(name)
+    layers = sorted({int(key.split(".")[1]) for key in hf if key.startswith("h.")})
+    for i in layers:
         src, dst = f"h.{i}.", f"trf_blocks.{i}."
         for our_key, hf_key, transpose in _BLOCK:
             if src + hf_key in hf:
                 tensor = hf[src + hf_key]
                 out[dst + our_key] = tensor.t() if transpose else tensor
-        if src + "attn.c_attn.weight" in hf:
-            for name, part in zip(
-                _QKV, hf[src + "attn.c_attn.weight"].split(d, dim=1), strict=True
-            ):
+                used.add(src + hf_key)
+        weight, bias = hf.get(src + "attn.c_attn.weight"), hf.get(src + "attn.c_attn.bias")
+        if weight is not None:
+            for name, part in zip(_QKV, weight.chunk(3, dim=1), strict=True):
                 out[f"{dst}att.{name}.weight"] = part.t()
-            if cfg.qkv_bias and src + "attn.c_attn.bias" in hf:
-                for name, part in zip(_QKV, hf[src + "attn.c_attn.bias"].split(d), strict=True):
-                    out[f"{dst}att.{name}.bias"] = part
+        if bias is not None and (cfg.qkv_bias or bool(bias.any())):
+            for name, part in zip(_QKV, bias.chunk(3), strict=True):
+                out[f"{dst}att.{name}.bias"] = part
+        used.update({src + "attn.c_attn.weight", src + "attn.c_attn.bias"})
+        used.update(src + buffer for buffer in _HF_BUFFERS)
     head = hf.get("score.weight") if not cfg.is_lm else hf.get("lm_head.weight")
+    used.update({"score.weight", "lm_head.weight"})
     if head is not None and head.shape[0] == cfg.head_size:
         out["out_head.weight"] = head
     elif cfg.is_lm and cfg.tie_weights and "tok_emb.weight" in out:
         out["out_head.weight"] = out["tok_emb.weight"]
+    out.update({key: value for key, value in hf.items() if key not in used})
     return {key: value.contiguous() for key, value in out.items()}
 
 
@@ -359,7 +371,7 @@ def load_into(
     if problems:
         raise UserError(
             f"The weights in {source} do not fit the model ({'; '.join(problems)}). "
-            f"{_likely_field(mismatched, missing, unexpected)}"
+            f"{_likely_field(state, expected, mismatched, missing, missing + unexpected)}"
         )
     model.load_state_dict(state, strict=True, assign=assign)
     if model.cfg.tie_weights and model.cfg.is_lm:
@@ -367,15 +379,27 @@ def load_into(
         model.out_head.weight = model.tok_emb.weight
 
 
-def _likely_field(mismatched: list[str], missing: list[str], unexpected: list[str]) -> str:
-    keys = mismatched + missing + unexpected
-    if any(k.startswith(("tok_emb", "out_head")) for k in mismatched):
-        return "model.vocab_size (or the label count of a classification head) probably differs."
-    if any(k.startswith("pos_emb") for k in mismatched):
-        return "model.context_length probably differs."
-    if mismatched:
+def _likely_field(
+    state: StateDict,
+    expected: StateDict,
+    mismatched: list[str],
+    missing: list[str],
+    keys: list[str],
+) -> str:
+    """Which config field most likely explains the differences, from the shapes themselves."""
+    rows = {k: (tuple(state[k].shape), tuple(expected[k].shape)) for k in mismatched}
+    width = rows.get("tok_emb.weight") or rows.get("trf_blocks.0.norm1.weight")
+    if width and width[0][-1] != width[1][-1]:
         return "model.emb_dim probably differs."
-    if any(".bias" in k and ".att.W_" in k for k in keys):
+    if "pos_emb.weight" in rows:
+        return "model.context_length probably differs."
+    if "tok_emb.weight" in rows:
+        return "model.vocab_size probably differs (the tokenizer must match the weights)."
+    if "out_head.weight" in rows:
+        return "The output head differs: the label count, or model.vocab_size."
+    if mismatched:
+        return "model.emb_dim or model.n_heads probably differs."
+    if any(".att.W_" in k and k.endswith(".bias") for k in keys):
         return "model.qkv_bias probably differs."
     if any(k.startswith("trf_blocks.") for k in keys):
         return "model.n_layers probably differs."
