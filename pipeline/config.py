@@ -21,7 +21,7 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 COMMAND_KEYS = {"ckpt", "split", "prompt", "max_new_tokens", "temperature", "top_k"}
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-EXPORT_FORMATS = ("hf", "weights", "onnx")
+EXPORT_FORMATS = ("hf", "weights", "onnx", "adapter", "merged")
 SIZE_PATTERN = r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
 _UNITS.update(KiB=2**10, MiB=2**20, GiB=2**30)
@@ -97,7 +97,26 @@ class OptimConfig(_Group):
 
 
 class LoraConfig(_Group):
-    name: Literal["none"]
+    """PEFT LoRA settings; name=none trains every weight."""
+
+    name: str
+    r: int = Field(default=8, gt=0)
+    alpha: float = Field(default=16.0, gt=0.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # "attention": the attention projections of whatever architecture; "all-linear": every
+    # Linear layer but the output head; or a list of regular expressions searched in module
+    # names (e.g. [W_query, W_value] or ["trf_blocks\\.(10|11)\\..*fc1"]).
+    target_modules: str | list[str] = "attention"
+    use_rslora: bool = False
+    use_dora: bool = False
+    bias: Literal["none", "all", "lora_only"] = "none"
+    # Modules trained fully beside the adapters; null: the classification head (if any).
+    modules_to_save: list[str] | None = None
+    init: Literal["default", "gaussian"] = "default"
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
 
 
 class SparsityConfig(_Group):
@@ -223,6 +242,24 @@ def _check_consistency(cfg: AppConfig) -> None:
         )
     if m.init_from and not Path(m.init_from).expanduser().exists():
         raise _fail("model.init_from", m.init_from, "an existing directory or file (not found)")
+    lora_only = sorted({"adapter", "merged"} & set(cfg.export.formats))
+    if cfg.ckpt is None and lora_only and not cfg.lora.enabled:
+        raise _fail(
+            "export.formats",
+            cfg.export.formats,
+            f"{', '.join(lora_only)} only with adapters: choose a lora preset (lora=default)",
+        )
+    if cfg.lora.enabled and cfg.lora.target_modules not in ("attention", "all-linear"):
+        patterns = cfg.lora.target_modules
+        if not patterns:
+            raise _fail("lora.target_modules", [], "attention, all-linear, or module name patterns")
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise _fail(
+                    "lora.target_modules", pattern, f"a regular expression ({exc})"
+                ) from None
     if m.arch == "gpt" and m.emb_dim % m.n_heads:
         divisors = [h for h in range(1, min(m.emb_dim, 64) + 1) if m.emb_dim % h == 0]
         raise _fail(

@@ -6,6 +6,7 @@ python -m pipeline.export ckpt=<run folder|.ckpt|export dir> export.formats=[hf,
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,28 +21,55 @@ def export_trained(
 ) -> dict[str, Path]:
     """Write each format under out_dir/<format>/; returns {format: folder}.
 
+    With LoRA adapters: `hf` holds the base weights (what the `adapter` applies to), `merged`
+    the weights with LoRA merged in; `weights` and `onnx` are written from the merged model.
     Every file is written under a temporary name and renamed, so an interrupted export never
     leaves a file that looks complete.
     """
+    import functools
+
     import torch
 
     from pipeline.files import atomic_write
-    from pipeline.model.gpt import GPTModel
-    from pipeline.model.weights import save_hf
+    from pipeline.lora import is_lora, plain_copy, save_adapter
 
     model = trained.model.eval()
+    lora = is_lora(model)
+    merged = functools.cache(lambda: plain_copy(model, merge=True) if lora else model)
+    base = functools.cache(lambda: plain_copy(model, merge=False) if lora else model)
+
+    def save_hf_layout(m, target: Path) -> None:
+        from pipeline.model.gpt import GPTModel
+        from pipeline.model.weights import save_hf
+
+        if isinstance(m, GPTModel):
+            save_hf(m, target, trained.tokenizer, trained.label_names, max_shard_bytes)
+        else:
+            m.save(target, trained.tokenizer, max_shard_bytes)
+
     written: dict[str, Path] = {}
     for fmt in formats:
         target = out_dir / fmt
-        if fmt == "hf" and isinstance(model, GPTModel):
-            save_hf(model, target, trained.tokenizer, trained.label_names, max_shard_bytes)
-        elif fmt == "hf":
-            model.save(target, trained.tokenizer, max_shard_bytes)
+        if fmt in ("adapter", "merged") and not lora:
+            raise UserError(
+                f"export.formats includes {fmt}, but this model has no LoRA adapters. "
+                "Choose hf, weights or onnx."
+            )
+        if fmt == "hf":
+            save_hf_layout(base(), target)
+        elif fmt == "merged":
+            save_hf_layout(merged(), target)
+        elif fmt == "adapter":
+            with tempfile.TemporaryDirectory() as tmp:
+                base_dir = written.get("hf") or Path(tmp)
+                if "hf" not in written:
+                    save_hf_layout(base(), base_dir)
+                save_adapter(model, target, base_dir)
         elif fmt == "weights":
-            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state = {k: v.detach().cpu().clone() for k, v in merged().state_dict().items()}
             atomic_write(target / "model.pth", lambda tmp, s=state: torch.save(s, tmp))
         elif fmt == "onnx":
-            atomic_write(target / "model.onnx", lambda tmp: export_onnx(model, tmp))
+            atomic_write(target / "model.onnx", lambda tmp: export_onnx(merged(), tmp))
         written[fmt] = target
     return written
 

@@ -34,6 +34,8 @@ class Trained:
     label_names: list[str] = field(default_factory=list)
     # The resolved config of the run that produced it, when known.
     config: dict[str, Any] = field(default_factory=dict)
+    # The LoRA settings when the model carries adapters.
+    lora: dict[str, Any] | None = None
 
     @property
     def task(self) -> str:
@@ -45,6 +47,7 @@ class Trained:
             "tokenizer": self.tokenizer.to_json() if self.tokenizer else None,
             "label_names": self.label_names,
             "config": self.config,
+            "lora": self.lora,
         }
 
 
@@ -99,11 +102,20 @@ def trained_from_checkpoint(ckpt: dict[str, Any], path: Path) -> Trained:
         from pipeline.model.hf import HFModel
 
         model = HFModel.from_metadata(meta)
-        model.load_state_dict(state)
+    elif meta.get("lora"):
+        model = GPTModel(GPTConfig(**meta["gpt_config"]))
     else:
         model = build_from_state(GPTConfig(**meta["gpt_config"]), state, str(path))
+    if meta.get("lora"):
+        from pipeline.config import LoraConfig
+        from pipeline.lora import apply_lora
+
+        model = apply_lora(model, LoraConfig(**meta["lora"]))
+    if meta.get("arch") == "hf" or meta.get("lora"):
+        model.load_state_dict(state)
     tokenizer = TextTokenizer.from_json(meta["tokenizer"]) if meta.get("tokenizer") else None
-    return Trained(model, tokenizer, meta.get("label_names") or [], meta.get("config") or {})
+    labels, config = meta.get("label_names") or [], meta.get("config") or {}
+    return Trained(model, tokenizer, labels, config, meta.get("lora"))
 
 
 def has_tokenizer(directory: Path) -> bool:

@@ -122,9 +122,18 @@ def check_devices(cfg: AppConfig) -> None:
 
 
 def build_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
-    """Data, tokenizer and the model (pretrained weights loaded when model.init_from is set)."""
-    if cfg.model.arch == "hf":
-        return build_hf_model(cfg)
+    """Data, tokenizer and the model (pretrained weights loaded when model.init_from is set),
+    with LoRA adapters when a lora preset is chosen."""
+    trained, bundle = build_hf_model(cfg) if cfg.model.arch == "hf" else build_gpt_model(cfg)
+    if cfg.lora.enabled:
+        from pipeline.lora import apply_lora
+
+        trained.model = apply_lora(trained.model, cfg.lora)
+        trained.lora = cfg.lora.model_dump(mode="json")
+    return trained, bundle
+
+
+def build_gpt_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
     pretrained = load_pretrained(cfg.model.init_from) if cfg.model.init_from else None
     tokenizer = pretrained.tokenizer if pretrained else None
     if cfg.data.tokenizer.path:
@@ -176,9 +185,13 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     trained, bundle = build_model(cfg)
     trained.config = config_dict
-    n_params = trained.model.num_parameters()
+    n_params = sum(p.numel() for p in trained.model.parameters())
+    n_trainable = sum(p.numel() for p in trained.model.parameters() if p.requires_grad)
     source = f"from {cfg.model.init_from}" if cfg.model.init_from else cfg.model.name
-    print(f"Model {source}: {n_params:,} parameters ({trained.task}).")
+    print(
+        f"Model {source}: {n_params:,} parameters ({trained.task}); trainable "
+        f"{n_trainable:,} ({n_trainable / n_params:.2%})."
+    )
     trained.tokenizer.save(run_dir)
 
     outputs = Path(cfg.paths.outputs)
@@ -194,6 +207,7 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         "status": "RUNNING",
         "task": trained.task,
         "num_parameters": n_params,
+        "trainable_parameters": n_trainable,
         "metrics": {},
         "paths": {"run_dir": str(run_dir)},
     }
@@ -226,9 +240,11 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             trainer.test(module, datamodule=datamodule, verbose=False)
         record["metrics"] = {**fit_metrics, **_final_metrics(trainer)}
         export_dir = Path(cfg.export.dir) if cfg.export.dir else run_dir / "export"
-        exports = export_trained(
-            trained, cfg.export.formats, export_dir, cfg.export.max_shard_bytes
-        )
+        formats = list(cfg.export.formats)
+        if cfg.lora.enabled:
+            # A LoRA run always yields its adapter and the merged model.
+            formats += [f for f in ("adapter", "merged") if f not in formats]
+        exports = export_trained(trained, formats, export_dir, cfg.export.max_shard_bytes)
         last = run_dir / "checkpoints" / "last.ckpt"
         record["paths"].update(
             best_checkpoint=best,
@@ -255,7 +271,11 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
                 tracked,
                 record["status"],
                 artifacts,
-                {"model.num_parameters": n_params},
+                {
+                    "model.num_parameters": n_params,
+                    "model.trainable_parameters": n_trainable,
+                    "model.trainable_fraction": f"{n_trainable / n_params:.6f}",
+                },
                 {"error": record["error"]} if failed and "error" in record else None,
             )
         tracking.write_run_json(run_dir, record)

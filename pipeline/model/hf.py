@@ -73,6 +73,7 @@ class HFModel(Generates, nn.Module):
         LM head is dropped)."""
         _require_transformers()
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
         try:
             config = AutoConfig.from_pretrained(directory)
         except (OSError, ValueError, KeyError) as exc:

@@ -1,0 +1,214 @@
+"""LoRA through PEFT: what trains, merging, the adapter export loaded by PEFT onto
+transformers' models, checkpoints, and config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import LoraConfig
+from pipeline.errors import UserError
+from pipeline.export import export_trained
+from pipeline.lora import apply_lora, plain_copy
+from pipeline.model.gpt import GPTConfig, GPTModel, pool_last_token
+from pipeline.restore import Trained, load_trained
+from pipeline.runner import train
+from pipeline.tokenizer import TextTokenizer
+from tests.conftest import TINY, app_config
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> TextTokenizer:
+    return TextTokenizer.train(["call me later", "WIN a prize now"] * 30, 300, 1)
+
+
+def lora_cfg(**overrides) -> LoraConfig:
+    return LoraConfig.model_validate({"name": "test", "r": 4, "alpha": 8, **overrides})
+
+
+def noisy(model: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
+    """Random values in every trainable tensor (adapters, DoRA magnitudes, heads), so the
+    adapters change the output and parity checks are not comparisons at B=0."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * scale)
+    return model.eval()
+
+
+def gpt(tokenizer, **overrides) -> GPTModel:
+    cfg = GPTConfig(tokenizer.vocab_size, 32, 48, 4, 2, qkv_bias=True, **overrides)
+    torch.manual_seed(1)
+    return GPTModel(cfg)
+
+
+def our_logits(model, ids, lengths) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(ids)
+    return logits if model.is_lm else pool_last_token(logits, lengths)
+
+
+VARIANTS = {
+    "attention": {},
+    "query-value": {"target_modules": ["W_query", "W_value"]},
+    "all-linear-rslora": {"target_modules": "all-linear", "use_rslora": True},
+    "dora": {"use_dora": True, "target_modules": ["W_key", "fc2"]},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("n_outputs", [None, 1], ids=["lm", "binary"])
+def test_adapter_loads_in_peft_onto_the_hf_export(tmp_path, tokenizer, variant, n_outputs):
+    model = noisy(apply_lora(gpt(tokenizer, n_outputs=n_outputs), lora_cfg(**VARIANTS[variant])))
+    labels = [] if n_outputs is None else ["ham", "spam"]
+    out = export_trained(Trained(model, tokenizer, labels), ["hf", "adapter"], tmp_path)
+    base_cls = (
+        transformers.GPT2LMHeadModel
+        if n_outputs is None
+        else transformers.GPT2ForSequenceClassification
+    )
+    reloaded = peft.PeftModel.from_pretrained(
+        base_cls.from_pretrained(out["hf"]), out["adapter"]
+    ).eval()
+    ids = torch.randint(2, tokenizer.vocab_size, (3, 10))
+    ids[1, 7:] = tokenizer.pad_id
+    lengths = torch.tensor([10, 7, 10])
+    with torch.no_grad():
+        theirs = reloaded(input_ids=ids).logits
+    ours = our_logits(model, ids, lengths)
+    if n_outputs is None:  # compare real positions only
+        ours, theirs = ours[lengths == 10], theirs[lengths == 10]
+    assert (ours - theirs).abs().max().item() < 1e-4
+    plain = our_logits(plain_copy(model, merge=False), ids, lengths)
+    assert (ours - (plain if n_outputs else plain[lengths == 10])).abs().max() > 1e-3
+    config = json.loads((out["adapter"] / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+
+
+def test_merged_equals_unmerged_and_keeps_its_own_folder(tmp_path, tokenizer) -> None:
+    lora = lora_cfg(target_modules="all-linear")
+    model = noisy(apply_lora(gpt(tokenizer, n_outputs=3), lora), scale=0.05)
+    ids = torch.randint(2, tokenizer.vocab_size, (2, 9))
+    lengths = torch.tensor([9, 9])
+    merged = plain_copy(model, merge=True)
+    assert isinstance(merged, GPTModel)
+    ours = our_logits(model, ids, lengths)
+    assert (ours - our_logits(merged, ids, lengths)).abs().max() < 1e-5
+    base = our_logits(plain_copy(model, merge=False), ids, lengths)
+    assert (ours - base).abs().max() > 1e-2  # the adapters do change the output
+    out = export_trained(
+        Trained(model, tokenizer, ["a", "b", "c"]), ["merged", "adapter"], tmp_path
+    )
+    merged_files = {p.name for p in out["merged"].iterdir()}
+    assert "model.safetensors" in merged_files and not any("adapter" in f for f in merged_files)
+    reloaded = transformers.GPT2ForSequenceClassification.from_pretrained(out["merged"]).eval()
+    with torch.no_grad():
+        theirs = reloaded(input_ids=ids).logits
+    assert (theirs - our_logits(model, ids, lengths)).abs().max() < 1e-4
+
+
+def test_target_pattern_that_matches_nothing_lists_the_modules(tokenizer) -> None:
+    with pytest.raises(UserError) as info:
+        apply_lora(gpt(tokenizer), lora_cfg(target_modules=["q_proj"]))
+    message = str(info.value)
+    assert "'q_proj' matches no module" in message
+    assert "trf_blocks.N.att.W_query" in message and "trf_blocks.N.ff.fc2" in message
+
+
+def test_adapter_export_without_lora_is_refused(tmp_path, tokenizer) -> None:
+    with pytest.raises(UserError, match="no LoRA adapters"):
+        export_trained(Trained(gpt(tokenizer), tokenizer), ["adapter"], tmp_path)
+
+
+def hf_gpt2_dir(directory: Path, tokenizer: TextTokenizer) -> Path:
+    config = transformers.GPT2Config(
+        vocab_size=tokenizer.vocab_size, n_positions=128, n_embd=32, n_layer=2, n_head=2
+    )
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save(directory)
+    return directory
+
+
+@pytest.mark.slow
+def test_lora_run_trains_only_adapters_and_head_base_stays_bit_identical(tmp_path) -> None:
+    from pipeline.data import build_data
+
+    warm = app_config([*TINY, "logger=none"], tmp_path / "out")
+    tokenizer = build_data(warm.data, warm.seed).tokenizer
+    base_dir = hf_gpt2_dir(tmp_path / "gpt2", tokenizer)
+    cfg = app_config(
+        [
+            *TINY,
+            "logger=none",
+            "lora=default",
+            f"model.init_from={base_dir}",
+            "trainer.max_epochs=1",
+        ],
+        tmp_path / "out",
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = train(cfg, cfg.model_dump(mode="json"), run_dir)
+    assert record["trainable_parameters"] < record["num_parameters"] / 5
+    trained = load_trained(record["paths"]["last_checkpoint"]).model
+    trainable = {n for n, p in trained.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
+    base = transformers.GPT2LMHeadModel.from_pretrained(base_dir)
+    ours = trained.base_model.model
+    # The frozen pretrained weights did not move by a single bit.
+    c_attn = base.transformer.h[1].attn.c_attn.weight
+    assert torch.equal(ours.trf_blocks[1].att.W_key.base_layer.weight, c_attn[:, 32:64].t())
+    assert torch.equal(ours.trf_blocks[0].ff.fc1.weight, base.transformer.h[0].mlp.c_fc.weight.t())
+    assert torch.equal(ours.tok_emb.weight, base.transformer.wte.weight)
+    exports = record["paths"]["exports"]
+    assert {"hf", "adapter", "merged"} <= set(exports)
+    # The adapter also loads onto the original init_from directory (GPT-2 LM -> classifier).
+    reloaded = peft.PeftModel.from_pretrained(
+        transformers.GPT2ForSequenceClassification.from_pretrained(
+            base_dir, num_labels=1, pad_token_id=tokenizer.pad_id
+        ),
+        exports["adapter"],
+    ).eval()
+    ids = torch.randint(2, tokenizer.vocab_size, (2, 12))
+    with torch.no_grad():
+        theirs = reloaded(input_ids=ids).logits
+    assert (theirs - our_logits(trained, ids, torch.tensor([12, 12]))).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+def test_lora_on_an_hf_llama_exports_a_peft_adapter(tmp_path, tokenizer) -> None:
+    from tests.test_pretrained import tiny_llama
+
+    tiny_llama(tmp_path / "llama", tokenizer)
+    cfg = app_config(
+        [
+            *TINY,
+            "model=hf",
+            f"model.init_from={tmp_path / 'llama'}",
+            "lora=dora",
+            "logger=none",
+            "trainer.max_steps=4",
+        ],
+        tmp_path / "out",
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = train(cfg, cfg.model_dump(mode="json"), run_dir)
+    model = noisy(load_trained(record["paths"]["last_checkpoint"]).model)
+    out = export_trained(
+        Trained(model, tokenizer, ["ham", "spam"]), ["hf", "adapter"], tmp_path / "e"
+    )
+    reloaded = peft.PeftModel.from_pretrained(
+        transformers.AutoModelForSequenceClassification.from_pretrained(out["hf"]), out["adapter"]
+    ).eval()
+    ids = torch.randint(2, tokenizer.vocab_size, (2, 8))
+    with torch.no_grad():
+        assert (reloaded(input_ids=ids).logits - model(ids)).abs().max() < 1e-4
