@@ -12,29 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+)
 
 from pipeline.errors import UserError
 from pipeline.model.sampling import Generates
-
-try:
-    import transformers
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        PretrainedConfig,
-    )
-except ImportError:  # pragma: no cover - depends on the install
-    transformers = None
-
-
-def _require_transformers() -> None:
-    if transformers is None:
-        raise UserError(
-            "model=hf needs the transformers library, which is not installed. Install the "
-            "project with its hf extra: pip install -e '.[hf]'."
-        )
 
 
 def _classifier_config(config: PretrainedConfig, n_outputs: int, labels: list[str]) -> None:
@@ -71,7 +59,6 @@ class HFModel(Generates, nn.Module):
     ) -> HFModel:
         """A causal LM, or a classifier whose new head has `n_outputs` logits (the pretrained
         LM head is dropped)."""
-        _require_transformers()
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
         try:
@@ -96,7 +83,6 @@ class HFModel(Generates, nn.Module):
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> HFModel:
         """The architecture recorded in a checkpoint, with fresh weights (loaded after)."""
-        _require_transformers()
         config_dict = dict(meta["hf_config"])
         config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
         auto = (
