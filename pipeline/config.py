@@ -19,7 +19,7 @@ from pipeline.errors import UserError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 
-COMMAND_KEYS = {"ckpt", "split", "prompt", "max_new_tokens", "temperature", "top_k"}
+COMMAND_KEYS = {"resume", "ckpt", "split", "prompt", "max_new_tokens", "temperature", "top_k"}
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 EXPORT_FORMATS = ("hf", "weights", "onnx", "adapter", "merged")
 SIZE_PATTERN = r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$"
@@ -176,6 +176,9 @@ class AppConfig(_Group):
     """A composed, validated config. Entry points other than train add their own keys."""
 
     seed: int
+    # Continue an interrupted run: auto (the latest unfinished run of logger.experiment_name),
+    # a run folder, or a .ckpt.
+    resume: str | None = None
     paths: PathsConfig
     model: ModelConfig
     data: DataConfig

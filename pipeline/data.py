@@ -214,6 +214,25 @@ class Collator:
         return out
 
 
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone, so a run resumed at an
+    epoch boundary sees the order an uninterrupted run would have seen. Lightning calls
+    set_epoch at the start of every epoch."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
 class _Examples(torch.utils.data.Dataset):
     def __init__(self, split: TokenizedSplit):
         self.split = split
@@ -237,12 +256,11 @@ class TextDataModule(pl.LightningDataModule):
         self.collate = Collator(bundle.task, bundle.tokenizer.pad_id, bundle.n_outputs == 1)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        examples = _Examples(self.bundle.splits[split])
         return DataLoader(
-            _Examples(self.bundle.splits[split]),
+            examples,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochShuffle(len(examples), self.seed) if shuffle else None,
             collate_fn=self.collate,
             num_workers=self.workers,
             persistent_workers=self.workers > 0,

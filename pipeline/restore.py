@@ -19,6 +19,7 @@ from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.model.weights import (
     build_from_state,
     gpt_config_from_hf,
+    load_into,
     read_hf_dir,
     read_state_dict,
 )
@@ -36,6 +37,8 @@ class Trained:
     config: dict[str, Any] = field(default_factory=dict)
     # The LoRA settings when the model carries adapters.
     lora: dict[str, Any] | None = None
+    # For LoRA on pretrained weights: their path. Checkpoints then hold only what trains.
+    base: str | None = None
 
     @property
     def task(self) -> str:
@@ -48,6 +51,7 @@ class Trained:
             "label_names": self.label_names,
             "config": self.config,
             "lora": self.lora,
+            "base": self.base,
         }
 
 
@@ -98,7 +102,11 @@ def trained_from_checkpoint(ckpt: dict[str, Any], path: Path) -> Trained:
             "model.init_from with a model preset of its shape."
         )
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    if meta.get("arch") == "hf":
+    tokenizer = TextTokenizer.from_json(meta["tokenizer"]) if meta.get("tokenizer") else None
+    labels, config, base = meta.get("label_names") or [], meta.get("config") or {}, meta.get("base")
+    if base is not None:
+        model = _base_model(meta, base, tokenizer, labels)
+    elif meta.get("arch") == "hf":
         from pipeline.model.hf import HFModel
 
         model = HFModel.from_metadata(meta)
@@ -112,10 +120,28 @@ def trained_from_checkpoint(ckpt: dict[str, Any], path: Path) -> Trained:
 
         model = apply_lora(model, LoraConfig(**meta["lora"]))
     if meta.get("arch") == "hf" or meta.get("lora"):
-        model.load_state_dict(state)
-    tokenizer = TextTokenizer.from_json(meta["tokenizer"]) if meta.get("tokenizer") else None
-    labels, config = meta.get("label_names") or [], meta.get("config") or {}
-    return Trained(model, tokenizer, labels, config, meta.get("lora"))
+        missing = model.load_state_dict(state, strict=base is None).missing_keys
+        trainable = [k for k, p in model.named_parameters() if p.requires_grad and k in missing]
+        if trainable:
+            raise UserError(f"{path} lacks trained weights: {', '.join(trainable[:4])}.")
+    return Trained(model, tokenizer, labels, config, meta.get("lora"), base)
+
+
+def _base_model(meta: dict, base: str, tokenizer: TextTokenizer | None, labels: list[str]):
+    """The pretrained weights a LoRA checkpoint refers to, with the run's head shape."""
+    if not Path(base).exists():
+        raise UserError(
+            f"This LoRA checkpoint holds only the adapters; its base weights were at {base}, "
+            "which no longer exists. Restore that path, or export the merged model next time."
+        )
+    n_outputs = meta["n_outputs"] if meta.get("arch") == "hf" else meta["gpt_config"]["n_outputs"]
+    if meta.get("arch") == "hf":
+        from pipeline.model.hf import HFModel
+
+        return HFModel.from_pretrained(base, n_outputs, tokenizer.pad_id, labels)
+    model = GPTModel(GPTConfig(**meta["gpt_config"]))
+    load_into(model, load_pretrained(base).state, base, new_head=n_outputs is not None)
+    return model
 
 
 def has_tokenizer(directory: Path) -> bool:

@@ -5,8 +5,9 @@ The run folder and the MLflow run point at each other (tag `run_dir`, run.json's
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,63 @@ def gpt_config(cfg: AppConfig, bundle: DataBundle, pretrained: GPTConfig | None)
     return replace(shape, n_outputs=bundle.n_outputs)
 
 
-class _MetadataCheckpoints(pl.Callback):
-    """Stores the model shape, tokenizer and labels in every checkpoint, so a .ckpt alone is
-    enough for evaluate, generate and export."""
+class _CheckpointExtras(pl.Callback):
+    """What our checkpoints carry beyond Lightning's:
+    - the model shape, tokenizer and labels, so a .ckpt alone serves evaluate/generate/export;
+    - the random number generators' states (dropout), so a resumed run continues exactly;
+    - for LoRA on pretrained weights, only the trainable tensors (the base file has the rest).
+    """
 
     def __init__(self, trained: Trained):
         self.trained = trained
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.trained.checkpoint_metadata()
+        checkpoint[RNG_KEY] = rng_states()
+        if self.trained.base is not None:
+            model = self.trained.model
+            trainable = {f"model.{n}" for n, p in model.named_parameters() if p.requires_grad}
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if RNG_KEY in checkpoint:
+            set_rng_states(checkpoint[RNG_KEY])
+
+
+RNG_KEY = "rng_states"
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch generator states as tensors and lists (weights_only-loadable)."""
+    import random
+
+    import numpy as np
+
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": [version, list(state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def build_trainer(
@@ -76,7 +125,7 @@ def build_trainer(
         save_top_k=c.save_top_k if monitor else 1,
         save_last=c.save_last,
     )
-    callbacks: list[pl.Callback] = [checkpoint, _MetadataCheckpoints(trained)]
+    callbacks: list[pl.Callback] = [checkpoint, _CheckpointExtras(trained)]
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
     try:
@@ -130,6 +179,8 @@ def build_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
 
         trained.model = apply_lora(trained.model, cfg.lora)
         trained.lora = cfg.lora.model_dump(mode="json")
+        if cfg.model.init_from:
+            trained.base = str(Path(cfg.model.init_from).expanduser().resolve())
     return trained, bundle
 
 
@@ -192,13 +243,21 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         f"Model {source}: {n_params:,} parameters ({trained.task}); trainable "
         f"{n_trainable:,} ({n_trainable / n_params:.2%})."
     )
+    outputs = Path(cfg.paths.outputs)
+    resume = locate_resume(cfg.resume, outputs, cfg.logger.experiment_name) if cfg.resume else None
+    if resume:
+        run_dir = resume.run_dir
+        print(f"Resuming {run_dir} from {resume.checkpoint.name}.")
     trained.tokenizer.save(run_dir)
 
-    outputs = Path(cfg.paths.outputs)
-    tracked = None
+    tracked, logger = None, None
     if cfg.logger.name == "mlflow":
-        tracked = tracking.start_run(cfg.logger, outputs, config_dict, run_dir)
-    logger = tracking.BatchedMLflowLogger(tracked) if tracked else None
+        if resume and resume.record.get("run_id"):
+            tracked = tracking.reopen_run(cfg.logger, outputs, resume.record["run_id"])
+        else:
+            tracked = tracking.start_run(cfg.logger, outputs, config_dict, run_dir)
+        # Steps logged before the interruption are not logged a second time.
+        logger = tracking.BatchedMLflowLogger(tracked, skip_through=tracking.last_step(tracked))
     record: dict[str, Any] = {
         "run_id": tracked.run_id if tracked else None,
         "experiment_name": cfg.logger.experiment_name,
@@ -210,6 +269,7 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         "trainable_parameters": n_trainable,
         "metrics": {},
         "paths": {"run_dir": str(run_dir)},
+        "resumed": (resume.record.get("resumed", 0) + 1) if resume else 0,
     }
     tracking.write_run_json(run_dir, record)
     failed = True
@@ -217,6 +277,8 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         has_val = bool(bundle.splits["val"].ids)
         trainer, checkpoint = build_trainer(cfg, run_dir, logger, trained, has_val)
         module = GPTLightningModule(trained.model, cfg.optim, len(bundle.label_names))
+        # LoRA checkpoints on pretrained weights hold only what trains (see restore.py).
+        module.strict_loading = trained.base is None
         if cfg.trainer.compile:
             trained.model.compile()
         datamodule = TextDataModule(
@@ -226,7 +288,7 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             cfg.seed,
             cfg.data.num_workers,
         )
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None)
         if has_val and not any(k.startswith("val/") for k in trainer.callback_metrics):
             # max_steps ended the run before the first scheduled validation.
             trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -235,7 +297,7 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         if best:
             # Test and export the best checkpoint's weights, not the last step's.
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(state)
+            module.load_state_dict(state, strict=module.strict_loading)
         if bundle.splits["test"].ids:
             trainer.test(module, datamodule=datamodule, verbose=False)
         record["metrics"] = {**fit_metrics, **_final_metrics(trainer)}
@@ -280,6 +342,44 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             )
         tracking.write_run_json(run_dir, record)
     return record
+
+
+@dataclass
+class Resume:
+    run_dir: Path
+    checkpoint: Path
+    record: dict[str, Any]
+
+
+def locate_resume(resume: str, outputs: Path, experiment: str) -> Resume:
+    """resume=auto (the newest unfinished run of the experiment), a run folder, or a .ckpt."""
+    if resume == "auto":
+        unfinished = [
+            p.parent
+            for p in (outputs / "runs" / experiment).glob("*/*/run.json")
+            if json.loads(p.read_text()).get("status") != "FINISHED"
+            and (p.parent / "checkpoints" / "last.ckpt").is_file()
+        ]
+        if not unfinished:
+            raise UserError(
+                f"resume=auto found no unfinished run with a checkpoint under "
+                f"{outputs / 'runs' / experiment}. Pass resume=<run folder or .ckpt>."
+            )
+        path = max(unfinished, key=lambda p: (p / "run.json").stat().st_mtime)
+    else:
+        path = Path(resume).expanduser().resolve()
+    if path.is_dir():
+        run_dir, checkpoint = path, path / "checkpoints" / "last.ckpt"
+    else:
+        run_dir, checkpoint = path.parent.parent, path
+    if not checkpoint.is_file():
+        raise UserError(
+            f"resume={resume}: no checkpoint at {checkpoint}. Pass a run folder that has "
+            "checkpoints/last.ckpt, or a .ckpt file."
+        )
+    record_file = run_dir / "run.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    return Resume(run_dir, checkpoint, record)
 
 
 def describe_failure(exc: BaseException) -> str:

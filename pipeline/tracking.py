@@ -124,6 +124,25 @@ def start_run(
     return TrackedRun(client, run_id, experiment_id, uri)
 
 
+def reopen_run(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> TrackedRun:
+    """An interrupted run, back to RUNNING, to continue logging into it."""
+    uri = resolve_tracking_uri(cfg, outputs)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    client.update_run(run_id, status="RUNNING")
+    return TrackedRun(client, run_id, run.info.experiment_id, uri)
+
+
+def last_step(run: TrackedRun) -> int:
+    """The highest step of any metric already in the run (-1 for a new run)."""
+    steps = [
+        m.step
+        for key in run.client.get_run(run.run_id).data.metrics
+        for m in run.client.get_metric_history(run.run_id, key)
+    ]
+    return max(steps, default=-1)
+
+
 def finish_run(
     run: TrackedRun,
     status: str,
@@ -151,9 +170,17 @@ def finish_run(
 class BatchedMLflowLogger(Logger):
     """Lightning logger writing into an existing MLflow run, batching metrics into few requests."""
 
-    def __init__(self, run: TrackedRun, flush_every: int = 500, flush_seconds: float = 10.0):
+    def __init__(
+        self,
+        run: TrackedRun,
+        flush_every: int = 500,
+        flush_seconds: float = 10.0,
+        skip_through: int = -1,
+    ):
         super().__init__()
         self.run = run
+        # A resumed run replays the steps after its last checkpoint; those were logged already.
+        self.skip_through = skip_through
         self.flush_every, self.flush_seconds = flush_every, flush_seconds
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
@@ -179,6 +206,8 @@ class BatchedMLflowLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         timestamp = int(time.time() * 1000)
+        if (step or 0) <= self.skip_through:
+            return
         for key, value in metrics.items():
             self._buffer.append(Metric(key, float(value), timestamp, step or 0))
         if (

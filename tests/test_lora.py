@@ -4,12 +4,16 @@ transformers' models, checkpoints, and config errors."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from pipeline.config import LoraConfig
+from pipeline.config import PROJECT_ROOT, LoraConfig
 from pipeline.errors import UserError
 from pipeline.export import export_trained
 from pipeline.lora import apply_lora, plain_copy
@@ -17,7 +21,7 @@ from pipeline.model.gpt import GPTConfig, GPTModel, pool_last_token
 from pipeline.restore import Trained, load_trained
 from pipeline.runner import train
 from pipeline.tokenizer import TextTokenizer
-from tests.conftest import TINY, app_config
+from tests.conftest import TINY, app_config, run_cli
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -212,3 +216,61 @@ def test_lora_on_an_hf_llama_exports_a_peft_adapter(tmp_path, tokenizer) -> None
     ids = torch.randint(2, tokenizer.vocab_size, (2, 8))
     with torch.no_grad():
         assert (reloaded(input_ids=ids).logits - model(ids)).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+def test_killed_lora_run_resumes_to_the_same_weights_with_a_small_checkpoint(tmp_path) -> None:
+    """SIGKILL after the first epoch's checkpoint, resume=auto, and compare with a run that
+    was never interrupted: same weights, same MLflow run, no metric step logged twice."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.data import build_data
+
+    warm = app_config([*TINY, "logger=none"], tmp_path / "warm")
+    base_dir = hf_gpt2_dir(tmp_path / "gpt2", build_data(warm.data, warm.seed).tokenizer)
+    args = [*TINY, "lora=default", f"model.init_from={base_dir}", "trainer.max_epochs=3"]
+    args += ["optim.batch_size=4"]  # more steps per epoch: time to kill before the end
+
+    straight = run_cli("train", f"paths.outputs={tmp_path / 'a'}", *args)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    outputs = tmp_path / "b"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", f"paths.outputs={outputs}", *args],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list(outputs.glob("runs/*/*/*/checkpoints/last.ckpt")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)  # let the checkpoint's rename settle
+        assert proc.poll() is None, "training ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    (run_dir,) = (p.parent for p in outputs.glob("runs/*/*/*/run.json"))
+    first = json.loads((run_dir / "run.json").read_text())
+    assert first["status"] == "RUNNING"
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all("lora_" in k or "modules_to_save" in k for k in state)
+    weight_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    assert weight_bytes < (base_dir / "model.safetensors").stat().st_size / 4
+
+    resumed = run_cli("train", f"paths.outputs={outputs}", *args, "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["run_id"] == first["run_id"] and record["resumed"] == 1
+    assert record["status"] == "FINISHED"
+    (ref_json,) = (tmp_path / "a").glob("runs/*/*/*/run.json")
+    reference = torch.load(ref_json.parent / "checkpoints" / "last.ckpt", weights_only=True)
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == reference["global_step"]
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][key], value, atol=1e-6, rtol=1e-5)
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    assert client.get_run(first["run_id"]).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(first["run_id"], "train/loss_step")]
+    assert len(steps) == len(set(steps)) and max(steps) == final["global_step"] - 1
