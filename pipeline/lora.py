@@ -115,6 +115,10 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     """
     from peft import get_peft_model
 
+    # PEFT calls a transformers API that transformers 5 deprecates; nothing for users to do.
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
     targets = resolve_targets(model, cfg)
     head = _head(model)
     save = cfg.modules_to_save if cfg.modules_to_save is not None else ([head] if head else None)
