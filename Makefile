@@ -14,7 +14,7 @@ OUTPUTS := $(CURDIR)/outputs
 STORE := sqlite:///$(OUTPUTS)/mlflow.db
 PORT ?= 5000
 
-.PHONY: install train test sweep ui server lint format clean
+.PHONY: install train test sweep ui server bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,13 +43,17 @@ server: $(STAMP)
 	mkdir -p $(OUTPUTS)/mlartifacts
 	$(VENV)/bin/mlflow server --backend-store-uri $(or $(BACKEND),$(STORE)) --artifacts-destination $(OUTPUTS)/mlartifacts --host 127.0.0.1 --port $(PORT)
 
+# LoRA vs full fine-tuning, and ours vs transformers + PEFT; ARGS=--quick for a short run.
+bench: $(STAMP)
+	$(PY) benchmarks/lora.py $(ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline tests
-	$(VENV)/bin/ruff format --check pipeline tests
+	$(VENV)/bin/ruff check pipeline tests benchmarks
+	$(VENV)/bin/ruff format --check pipeline tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix pipeline tests
-	$(VENV)/bin/ruff format pipeline tests
+	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
+	$(VENV)/bin/ruff format pipeline tests benchmarks
 
 clean:
 	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/multirun $(OUTPUTS)/evaluate $(OUTPUTS)/data $(OUTPUTS)/mlartifacts $(OUTPUTS)/mlflow.db .pytest_cache
