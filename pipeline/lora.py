@@ -12,6 +12,7 @@ the same function, so PEFT loads it onto GPT2LMHeadModel / GPT2ForSequenceClassi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 import shutil
@@ -88,9 +89,7 @@ def _head(model: nn.Module) -> str | None:
     return next(h for h in _HEADS if h in names)
 
 
-def _peft_config(
-    cfg: LoraConfig, targets: list[str], save: list[str] | None, task: str | None, **extra
-):
+def _peft_config(cfg: LoraConfig, targets: list[str], save: list[str] | None, task: str | None):
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
@@ -104,7 +103,6 @@ def _peft_config(
         modules_to_save=save,
         init_lora_weights=True if cfg.init == "default" else "gaussian",
         task_type=task,
-        **extra,
     )
 
 
@@ -171,7 +169,7 @@ def _gpt2_adapter(model: nn.Module, base_hf_dir: Path) -> Any:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     ours = model.base_model.model
-    cfg, lora_cfg = ours.cfg, _our_lora_config(model)
+    cfg, lora_cfg = ours.cfg, model.peft_config["default"]
     d, r = cfg.emb_dim, lora_cfg.r
     base_cls = (
         transformers.GPT2LMHeadModel if cfg.is_lm else transformers.GPT2ForSequenceClassification
@@ -195,11 +193,11 @@ def _gpt2_adapter(model: nn.Module, base_hf_dir: Path) -> Any:
             if f"trf_blocks.{i}.{o}" in layers
         ]
     head = None if cfg.is_lm else "score"
-    config = _peft_config(
-        _as_pipeline_config(lora_cfg),
-        targets,
-        [head] if head else None,
-        "CAUSAL_LM" if cfg.is_lm else "SEQ_CLS",
+    config = dataclasses.replace(
+        lora_cfg,
+        target_modules=targets,
+        modules_to_save=[head] if head else None,
+        task_type="CAUSAL_LM" if cfg.is_lm else "SEQ_CLS",
         rank_pattern=ranks,
         alpha_pattern=alphas,
         fan_in_fan_out=True,
@@ -254,20 +252,3 @@ def _copy_qkv(hf: nn.Module, ours: nn.Module, layers: dict, i: int, d: int, r: i
     dst.lora_B["default"].weight.copy_(b)
     if "default" in dst.lora_magnitude_vector:
         dst.lora_magnitude_vector["default"].weight.copy_(torch.cat(magnitude))
-
-
-def _our_lora_config(model: nn.Module):
-    return model.peft_config["default"]
-
-
-def _as_pipeline_config(peft_cfg) -> LoraConfig:
-    return LoraConfig(
-        name="export",
-        r=peft_cfg.r,
-        alpha=peft_cfg.lora_alpha,
-        dropout=peft_cfg.lora_dropout,
-        use_rslora=peft_cfg.use_rslora,
-        use_dora=peft_cfg.use_dora,
-        bias=peft_cfg.bias,
-        init="default",
-    )

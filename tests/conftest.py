@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,17 +35,43 @@ def app_config(overrides: list[str], outputs: Path) -> AppConfig:
     return validate(compose_config([f"paths.outputs={outputs}", *overrides]))
 
 
-def run_cli(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_cli(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", f"pipeline.{module}", *args],
         cwd=PROJECT_ROOT,
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def train_until(outputs: Path, pattern: str, *args: str, timeout: float = 180) -> subprocess.Popen:
+    """Start `pipeline.train` and return once a file matching `pattern` exists under outputs,
+    with the process still running (so that the caller can interrupt it)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", f"paths.outputs={outputs}", *args],
+        cwd=PROJECT_ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while not list(outputs.glob(pattern)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"training ended or timed out before {pattern} appeared")
+        time.sleep(0.05)
+    time.sleep(0.2)  # let the file's rename settle
+    if proc.poll() is not None:
+        raise AssertionError("training ended before it could be interrupted")
+    return proc
 
 
 @pytest.fixture

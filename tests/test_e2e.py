@@ -4,18 +4,13 @@ folder and the MLflow record; evaluate, generate and export from the run folder.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import PROJECT_ROOT
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, train_until
 
 pytestmark = pytest.mark.slow
 
@@ -146,21 +141,8 @@ def test_logger_none_trains_without_a_store(tmp_path: Path) -> None:
 
 def test_ctrl_c_marks_the_run_failed_with_the_reason(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
-    args = [f"paths.outputs={outputs}", *TINY, "trainer.max_epochs=500"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = train_until(outputs, "runs/*/*/*/checkpoints/*.ckpt", *TINY, "trainer.max_epochs=500")
     try:
-        deadline = time.monotonic() + 120
-        while not list(outputs.glob("runs/*/*/*/checkpoints/*.ckpt")):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) != 0
     finally:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from pipeline.config import PROJECT_ROOT, LoraConfig
+from pipeline.config import LoraConfig
 from pipeline.errors import UserError
 from pipeline.export import export_trained
 from pipeline.lora import apply_lora, plain_copy
@@ -21,7 +18,7 @@ from pipeline.model.gpt import GPTConfig, GPTModel, pool_last_token
 from pipeline.restore import Trained, load_trained
 from pipeline.runner import train
 from pipeline.tokenizer import TextTokenizer
-from tests.conftest import TINY, app_config, run_cli
+from tests.conftest import TINY, app_config, run_cli, train_until
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -234,23 +231,9 @@ def test_killed_lora_run_resumes_to_the_same_weights_with_a_small_checkpoint(tmp
     straight = run_cli("train", f"paths.outputs={tmp_path / 'a'}", *args)
     assert straight.returncode == 0, straight.stderr[-2000:]
     outputs = tmp_path / "b"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", f"paths.outputs={outputs}", *args],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while not list(outputs.glob("runs/*/*/*/checkpoints/last.ckpt")):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(0.2)  # let the checkpoint's rename settle
-        assert proc.poll() is None, "training ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
+    proc = train_until(outputs, "runs/*/*/*/checkpoints/last.ckpt", *args)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
     (run_dir,) = (p.parent for p in outputs.glob("runs/*/*/*/run.json"))
     first = json.loads((run_dir / "run.json").read_text())
     assert first["status"] == "RUNNING"
