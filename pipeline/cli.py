@@ -45,11 +45,15 @@ def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Ca
 
 
 def _discard_empty_run_dir() -> None:
-    """A run refused before it did any work leaves no folder behind (Hydra makes it first)."""
-    if not HydraConfig.initialized():
+    """A run refused before it did any work leaves no folder behind (Hydra makes it first).
+
+    Only a folder Hydra made for this job, holding nothing but its .hydra/ and log, is removed;
+    commands that run in place (hydra.output_subdir=null, run.dir=.) never remove anything.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is None:
         return
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if run_dir.is_dir() and all(
+    if (run_dir / ".hydra").is_dir() and all(
         p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
     ):
         shutil.rmtree(run_dir, ignore_errors=True)

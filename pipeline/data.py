@@ -65,6 +65,13 @@ def read_records(path: str | Path, cfg: DataConfig) -> Records:
                 f"{path} has no column {column!r} ({key}). Its columns are: "
                 f"{', '.join(map(str, rows[0]))}. Set {key}=<one of them>."
             )
+    for number, row in enumerate(rows, start=2 if cfg.format != "jsonl" else 1):
+        for column in columns:
+            if row.get(column) is None:
+                raise UserError(
+                    f"{path}, {'line' if cfg.format == 'jsonl' else 'row'} {number}, has no "
+                    f"value for column {column!r}. Fix that line or remove it."
+                )
     texts = [str(row[cfg.text_column]) for row in rows]
     labels = [str(row[cfg.label_column]) for row in rows] if want_labels else None
     return Records(texts, labels)

@@ -27,7 +27,15 @@ def evaluate(trained, data: DataConfig, seed: int, split: str, cfg: AppConfig) -
     from pipeline.data import TextDataModule, build_data
     from pipeline.errors import UserError
     from pipeline.module import GPTLightningModule
+    from pipeline.runner import check_devices
 
+    check_devices(cfg)
+    if trained.tokenizer is None:
+        raise UserError(
+            "The checkpoint has no tokenizer, so its texts cannot be encoded as it was trained. "
+            "Evaluate a run folder or .ckpt of this pipeline, or an export folder with its "
+            "tokenizer files."
+        )
     if (data.task == "causal_lm") != trained.model.is_lm:
         raise UserError(
             f"The checkpoint is a {trained.task} model but data.task={data.task}. "

@@ -48,7 +48,8 @@ def export_trained(
             m.save(target, trained.tokenizer, max_shard_bytes)
 
     written: dict[str, Path] = {}
-    for fmt in formats:
+    # hf before adapter, so the adapter export reuses the base just written.
+    for fmt in sorted(formats, key=lambda f: f == "adapter"):
         target = out_dir / fmt
         if fmt in ("adapter", "merged") and not lora:
             raise UserError(

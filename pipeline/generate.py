@@ -24,7 +24,9 @@ def main(cfg: AppConfig) -> str:
     input_ids = torch.tensor([ids[-model.context_length :]])
     if not model.is_lm:
         with torch.no_grad():
-            logits = model(input_ids)[0, -1]
+            logits = model(input_ids)
+        # Hugging Face classifiers pool inside; ours give every position.
+        logits = logits[0] if logits.dim() == 2 else logits[0, -1]
         probs = (
             torch.stack([1 - logits.sigmoid(), logits.sigmoid()]).squeeze(-1)
             if logits.numel() == 1

@@ -131,11 +131,6 @@ def is_lora(model: nn.Module) -> bool:
     return type(_peft_root(model)).__name__.startswith("PeftModel")
 
 
-def trainable_summary(model: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
-
-
 def plain_copy(model: nn.Module, merge: bool) -> nn.Module:
     """A copy without adapter layers: LoRA merged into the weights, or the base weights as they
     are (the trained modules_to_save included either way)."""

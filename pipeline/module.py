@@ -63,7 +63,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            is_matrix = isinstance(module, nn.Linear) and name == "weight"
+            # transformers' GPT-2 keeps its projections in Conv1D modules.
+            linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+            is_matrix = linear and name == "weight"
             (decay if is_matrix and id(param) not in embeddings else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
@@ -96,9 +98,6 @@ class GPTLightningModule(pl.LightningModule):
             )
         return MetricCollection(metrics)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)
-
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = self.model(batch["input_ids"])
         if self.is_lm:
@@ -121,7 +120,8 @@ class GPTLightningModule(pl.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # Tokens/s over a window of log_every_n_steps batches, from wall time: no device sync.
+        # Tokens/s over a window of log_every_n_steps batches, from wall time; the token count
+        # is a Python int from the collator, so it costs no device sync.
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
         self.log("train/tokens_per_sec", self._window_tokens / elapsed, on_step=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)

@@ -159,7 +159,8 @@ def load_hf_directory(directory: Path) -> Trained:
     from pipeline.model.hf import HFModel
 
     classifier = any("ForSequenceClassification" in a for a in config.get("architectures", []))
-    n_outputs = config.get("num_labels", len(labels) or 2) if classifier else None
+    # transformers writes id2label, not num_labels; one logit is our binary classifier.
+    n_outputs = (len(config.get("id2label") or {}) or len(labels) or 2) if classifier else None
     pad_id = tokenizer.pad_id if tokenizer else config.get("pad_token_id") or 0
     model = HFModel.from_pretrained(directory, n_outputs, pad_id, labels)
     return Trained(model, tokenizer, labels)
@@ -214,12 +215,20 @@ def load_pretrained(path: str | Path) -> Pretrained:
             return Pretrained(ckpt["state_dict"])
         trained = trained_from_checkpoint(ckpt, path)
     elif path.is_dir():
+        if (path / "config.json").is_file():
+            # Refuse other architectures before loading them (and transformers) at all.
+            gpt_config_from_hf(json.loads((path / "config.json").read_text()))
         trained = load_trained(path)
     else:
         return Pretrained(read_state_dict(path))
-    if not isinstance(trained.model, GPTModel):
+    model = trained.model
+    if trained.lora:
+        from pipeline.lora import plain_copy
+
+        model = plain_copy(model, merge=True)  # a LoRA run continues from its merged weights
+    if not isinstance(model, GPTModel):
         raise UserError(
-            f"{path} holds a {trained.model.hf.config.model_type!r} model, not a GPT-2. "
-            "Train it with model=hf model.init_from=<its folder>."
+            f"{path} holds a {model.hf.config.model_type!r} model, not a GPT-2. Train it "
+            "with model=hf model.init_from=<its export/hf folder>."
         )
-    return Pretrained(trained.model.state_dict(), trained.model.cfg, trained.tokenizer)
+    return Pretrained(model.state_dict(), model.cfg, trained.tokenizer)

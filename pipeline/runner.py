@@ -160,8 +160,6 @@ def build_trainer(
 
 def check_devices(cfg: AppConfig) -> None:
     """Refuse a GPU request on a machine without one before any data or run is created."""
-    import torch
-
     if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
             f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no CUDA "
@@ -201,7 +199,7 @@ def build_hf_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
     """A Hugging Face model directory with its own tokenizer (model=hf)."""
     from pipeline.model.hf import HFModel
 
-    directory = Path(cfg.model.init_from)
+    directory = Path(cfg.model.init_from).expanduser()
     tokenizer_path = cfg.data.tokenizer.path or (directory if has_tokenizer(directory) else None)
     if tokenizer_path is None:
         raise UserError(
@@ -233,6 +231,8 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
     """Run one experiment in `run_dir`; return what run.json records."""
     started = time.time()
     check_devices(cfg)
+    outputs = Path(cfg.paths.outputs)
+    resume = locate_resume(cfg.resume, outputs, cfg.logger.experiment_name) if cfg.resume else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     trained, bundle = build_model(cfg)
     trained.config = config_dict
@@ -243,8 +243,6 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         f"Model {source}: {n_params:,} parameters ({trained.task}); trainable "
         f"{n_trainable:,} ({n_trainable / n_params:.2%})."
     )
-    outputs = Path(cfg.paths.outputs)
-    resume = locate_resume(cfg.resume, outputs, cfg.logger.experiment_name) if cfg.resume else None
     if resume:
         run_dir = resume.run_dir
         print(f"Resuming {run_dir} from {resume.checkpoint.name}.")
@@ -372,10 +370,10 @@ def locate_resume(resume: str, outputs: Path, experiment: str) -> Resume:
         run_dir, checkpoint = path, path / "checkpoints" / "last.ckpt"
     else:
         run_dir, checkpoint = path.parent.parent, path
-    if not checkpoint.is_file():
+    if not checkpoint.is_file() or checkpoint.parent.name != "checkpoints":
         raise UserError(
-            f"resume={resume}: no checkpoint at {checkpoint}. Pass a run folder that has "
-            "checkpoints/last.ckpt, or a .ckpt file."
+            f"resume={resume}: no checkpoint of a run folder at {checkpoint}. Pass a run folder "
+            "that has checkpoints/last.ckpt, or a .ckpt inside a run's checkpoints/ folder."
         )
     record_file = run_dir / "run.json"
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}

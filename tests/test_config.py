@@ -126,3 +126,20 @@ def test_cfg_job_prints_config_without_running() -> None:
     result = run_cli("train", "--cfg", "job", "model=gpt2-small")
     assert result.returncode == 0
     assert "emb_dim: 768" in result.stdout
+
+
+def test_a_refused_command_never_removes_the_working_directory(tmp_path) -> None:
+    """generate and export run in place (no run folder): a config error must leave the
+    current directory alone, even an empty one."""
+    import subprocess
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.generate", "ckpt=x", "max_new_tokens=-1"],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "max_new_tokens=-1" in result.stderr
+    assert empty.is_dir()

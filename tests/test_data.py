@@ -115,3 +115,10 @@ def test_tokenizer_round_trips_text_and_saves_for_transformers(tmp_path: Path) -
     tok.save(tmp_path)
     assert TextTokenizer.load(tmp_path).encode(text) == tok.encode(text)
     assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_a_row_without_a_value_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "hi", "label": "a"}\n{"text": "yo"}\n')
+    with pytest.raises(UserError, match=r"line 2, has no value for column 'label'"):
+        read_records(path, data_cfg(path, format="jsonl"))

@@ -214,7 +214,8 @@ def test_model_hf_trains_a_llama_and_exports_hf_and_onnx(tmp_path, tokenizer, ta
     check_onnx(
         Path(record["paths"]["exports"]["onnx"]) / "model.onnx", trained.model, tokenizer.vocab_size
     )
-    assert load_trained(hf_dir).task == task
+    again = load_trained(hf_dir)
+    assert again.task == task and again.model.n_outputs == (None if task == "causal_lm" else 1)
 
 
 def test_errors_name_keys_shapes_and_fixes(tmp_path, tokenizer) -> None:

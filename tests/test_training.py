@@ -70,3 +70,26 @@ def test_weight_decay_only_on_linear_weights() -> None:
     assert id(model.tok_emb.weight) in {id(p) for p in no_decay}  # tied head: an embedding
     every = {id(p) for p in model.parameters()}
     assert {id(p) for p in decay} | {id(p) for p in no_decay} == every
+
+
+def test_weight_decay_reaches_transformers_conv1d_weights() -> None:
+    import transformers
+
+    config = transformers.GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2)
+    decay, _ = (g["params"] for g in param_groups(transformers.GPT2LMHeadModel(config), 0.1))
+    assert len(decay) == 4  # c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj
+
+
+def test_resume_refuses_a_checkpoint_outside_a_run_folder(tmp_path: Path) -> None:
+    import pytest
+
+    from pipeline.errors import UserError
+    from pipeline.runner import locate_resume
+
+    stray = tmp_path / "backups" / "last.ckpt"
+    stray.parent.mkdir()
+    stray.write_bytes(b"x")
+    with pytest.raises(UserError, match="inside a run's checkpoints/ folder"):
+        locate_resume(str(stray), tmp_path, "gpt-finetune")
+    with pytest.raises(UserError, match="resume=auto found no unfinished run"):
+        locate_resume("auto", tmp_path, "gpt-finetune")

@@ -1,7 +1,7 @@
 """Any local Hugging Face causal-LM or sequence-classification model (Llama, OLMo, Qwen,
 GPT-NeoX, ...) behind the interface of our GPT: logits from input_ids.
 
-Only `model=hf` imports this module, so the GPT path never loads transformers.
+Only `model=hf` (and restoring such a model) imports this module; our GPT code never does.
 """
 
 from __future__ import annotations
@@ -101,9 +101,6 @@ class HFModel(Generates, nn.Module):
         """Causal LM: (batch, tokens, vocab). Classifier: (batch, n_outputs), pooled by
         transformers at the last token that is not padding."""
         return self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def save(self, directory: Path, tokenizer, max_shard_bytes: int) -> None:
         """save_pretrained into a temporary folder, then each file renamed into place."""

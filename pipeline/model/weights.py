@@ -233,7 +233,13 @@ def read_state_dict(path: str | Path) -> StateDict:
                 "corrupt. Download or export it again."
             ) from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            # Files in torch's legacy (pre-zipfile) format cannot be memory-mapped.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(
             f"Refused to load {path}: it needs more than plain tensors to unpickle "
@@ -258,10 +264,6 @@ HF_WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-
-
-def has_hf_weights(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in HF_WEIGHT_FILES)
 
 
 def read_hf_weights(directory: str | Path) -> StateDict:
