@@ -73,7 +73,8 @@ def run_checkpoint(run_dir: Path) -> Path:
 
 def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped: the optimizer state it also holds is never read into memory.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         raise UserError(
             f"Refused to load {path}: it needs more than plain data to unpickle "

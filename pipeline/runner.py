@@ -6,6 +6,7 @@ The run folder and the MLflow run point at each other (tag `run_dir`, run.json's
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -294,7 +295,8 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         best = checkpoint.best_model_path or None
         if best:
             # Test and export the best checkpoint's weights, not the last step's.
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+            state = state["state_dict"]
             module.load_state_dict(state, strict=module.strict_loading)
         if bundle.splits["test"].ids:
             trainer.test(module, datamodule=datamodule, verbose=False)
@@ -320,25 +322,30 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         record["status"] = tracking.run_status(failed)
         record["duration_s"] = round(time.time() - started, 1)
         if tracked:
-            if logger:
-                logger.finalize(record["status"])
             record["ui_url"] = tracked.ui_url()
-            tracking.write_run_json(run_dir, record)
-            artifacts = {"": run_dir / "run.json"}
-            if not failed:
-                artifacts.update(_artifacts(cfg, record))
-            tracking.finish_run(
-                tracked,
-                record["status"],
-                artifacts,
-                {
-                    "model.num_parameters": n_params,
-                    "model.trainable_parameters": n_trainable,
-                    "model.trainable_fraction": f"{n_trainable / n_params:.6f}",
-                },
-                {"error": record["error"]} if failed and "error" in record else None,
-            )
         tracking.write_run_json(run_dir, record)
+        if tracked:
+            try:
+                logger.finalize(record["status"])
+                artifacts = {"": run_dir / "run.json"}
+                if not failed:
+                    artifacts.update(_artifacts(cfg, record))
+                tracking.finish_run(
+                    tracked,
+                    record["status"],
+                    artifacts,
+                    {
+                        "model.num_parameters": n_params,
+                        "model.trainable_parameters": n_trainable,
+                        "model.trainable_fraction": f"{n_trainable / n_params:.6f}",
+                    },
+                    {"error": record["error"]} if failed and "error" in record else None,
+                )
+            except Exception as exc:
+                if not failed:
+                    raise
+                # The training error is the one to report; the tracking one only follows it.
+                print(f"warning: could not close the MLflow run: {exc}", file=sys.stderr)
     return record
 
 
