@@ -13,10 +13,12 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import CONF_DIR, PROJECT_ROOT, AppConfig, validate
 from pipeline.errors import UserError
+from pipeline.files import write_json
 
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 
@@ -34,7 +36,12 @@ def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Ca
             _quiet_lightning()
             try:
                 return fn(validate(cfg))
-            except UserError as exc:
+            except Exception as exc:
+                if _is_multirun():
+                    # One failed trial is recorded and the sweep goes on.
+                    return _record_failed_trial(exc)
+                if not isinstance(exc, UserError):
+                    raise
                 _discard_empty_run_dir()
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(2)
@@ -57,6 +64,20 @@ def _discard_empty_run_dir() -> None:
         p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
     ):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failed_trial(exc: Exception) -> dict[str, str]:
+    """The trial's run.json says FAILED and why (the run itself writes one once it started)."""
+    message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    print(f"error: trial failed: {message}", file=sys.stderr)
+    record = Path(HydraConfig.get().runtime.output_dir) / "run.json"
+    if not record.is_file():
+        write_json(record, {"status": "FAILED", "error": message, "metrics": {}})
+    return {"status": "FAILED", "error": message}
 
 
 def _quiet_lightning() -> None:

@@ -25,6 +25,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from pipeline.config import PROJECT_ROOT, LoggerConfig
 from pipeline.files import write_json
+from pipeline.sweep import PARENT_ENV
 
 PARAM_VALUE_LIMIT = 6000  # MLflow's own limit
 PARAMS_PER_BATCH = 100
@@ -113,6 +114,9 @@ def start_run(
         "mlflow.user": getpass.getuser(),
         **git_state(),
     }
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     run = client.create_run(experiment_id, tags=tags, run_name=cfg.run_name or run_dir.name)
     run_id = run.info.run_id
     params = [Param(k, v) for k, v in flatten(config).items()]
@@ -122,6 +126,46 @@ def start_run(
     if config_yaml.is_file():
         client.log_artifact(run_id, str(config_yaml))
     return TrackedRun(client, run_id, experiment_id, uri)
+
+
+def start_parent_run(cfg: LoggerConfig, outputs: str | Path, sweep: Mapping[str, str]) -> str:
+    """The parent run of a sweep: its definition as params; the trials are its children."""
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg, outputs))
+    artifact_root = None
+    if not client.tracking_uri.startswith("http"):
+        artifact_root = Path(outputs).resolve() / "mlartifacts"
+    experiment_id = get_or_create_experiment(client, cfg.experiment_name, artifact_root)
+    tags = {"sweep": "parent", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    run = client.create_run(experiment_id, tags={**tags, **git_state()}, run_name="sweep")
+    client.log_batch(
+        run.info.run_id, params=[Param(k, v[:PARAM_VALUE_LIMIT]) for k, v in sweep.items()]
+    )
+    return run.info.run_id
+
+
+def finish_parent_run(
+    config, run_id: str, best: dict | None, metric: str, files: list[Path]
+) -> None:
+    """The sweep's summary files, its best trial, and the end of the parent run."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config import LoggerConfig
+
+    cfg = LoggerConfig.model_validate(OmegaConf.to_container(config.logger, resolve=True))
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg, config.paths.outputs))
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    if best is not None:
+        client.log_batch(
+            run_id,
+            metrics=[Metric(f"best/{metric}", float(best["value"]), int(time.time() * 1000), 0)],
+            params=[Param(f"best.{k}", str(v)) for k, v in best["params"].items()],
+            tags=[
+                RunTag("best_run_id", best["run_id"] or ""),
+                RunTag("best_trial", str(best["trial"])),
+            ],
+        )
+    client.set_terminated(run_id, status="FINISHED" if best is not None else "FAILED")
 
 
 def reopen_run(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> TrackedRun:

@@ -152,3 +152,37 @@ def test_ctrl_c_marks_the_run_failed_with_the_reason(tmp_path: Path) -> None:
     assert record["status"] == "FAILED" and "interrupted" in record["error"]
     run = MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(record["run_id"])
     assert run.info.status == "FAILED" and "interrupted" in run.data.tags["error"]
+
+
+def test_sweep_has_a_parent_run_a_summary_and_survives_a_failed_trial(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    result = run_cli(
+        "train",
+        "-m",
+        f"paths.outputs={outputs}",
+        *TINY,
+        "trainer.max_epochs=1",
+        "optim.lr=1e-3,3e-3",
+        "model.n_heads=2,3",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (root,) = outputs.glob("multirun/*/*")
+    summary = (root / "sweep_summary.md").read_text()
+    assert "| 1 | 0.003 | 2 | FINISHED" in summary or "(best)" in summary
+    assert summary.count("FAILED") >= 2 and "must be divisible by model.n_heads" in summary
+    rows = (root / "sweep_summary.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,model.n_heads,optim.lr,status,val/loss") and len(rows) == 5
+    assert (root / "sweep_summary.png").stat().st_size > 1000
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("gpt-finetune").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    best = min(children, key=lambda r: r.data.metrics["val/loss"])
+    assert parent.data.metrics["best/val/loss"] == pytest.approx(
+        best.data.metrics["val/loss"], rel=1e-5
+    )
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert set(parent.data.params) >= {"sweep.overrides", "best.optim.lr", "best.model.n_heads"}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.md", "sweep_summary.csv", "sweep_summary.png"} <= artifacts
