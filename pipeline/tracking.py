@@ -26,20 +26,11 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from pipeline.config import PROJECT_ROOT, LoggerConfig
 from pipeline.files import write_json
 from pipeline.sweep import PARENT_ENV
+from pipeline.tracking_uri import resolve_tracking_uri
 
 PARAM_VALUE_LIMIT = 6000  # MLflow's own limit
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
-
-
-def default_tracking_uri(outputs: str | Path) -> str:
-    return f"sqlite:///{Path(outputs).resolve() / 'mlflow.db'}"
-
-
-def resolve_tracking_uri(cfg: LoggerConfig, outputs: str | Path) -> str:
-    return (
-        cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(outputs)
-    )
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -13,8 +13,12 @@ from pipeline.config import COMMAND_KEYS, PROJECT_ROOT, AppConfig
 def main(cfg: AppConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
+    from pipeline.tracking_uri import check_server, default_tracking_uri, resolve_tracking_uri
+
+    if cfg.logger.name == "mlflow":
+        # Before torch, Lightning and MLflow load: an unreachable server is reported at once.
+        check_server(resolve_tracking_uri(cfg.logger, cfg.paths.outputs))
     from pipeline.runner import print_summary, train
-    from pipeline.tracking import default_tracking_uri
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     record = train(cfg, cfg.model_dump(mode="json", exclude=COMMAND_KEYS), run_dir)

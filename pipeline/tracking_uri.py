@@ -1,0 +1,37 @@
+"""Where runs are recorded, and whether a tracking server answers: light enough (no MLflow
+import) to check before any training work starts."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+
+from pipeline.config import LoggerConfig
+from pipeline.errors import UserError
+
+
+def default_tracking_uri(outputs: str | Path) -> str:
+    return f"sqlite:///{Path(outputs).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(cfg: LoggerConfig, outputs: str | Path) -> str:
+    return (
+        cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(outputs)
+    )
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer is reported now, before any training work
+    (MLflow's own client retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"The MLflow tracking server at {uri} does not answer ({exc}). Start it (make server) "
+            "or fix logger.tracking_uri / MLFLOW_TRACKING_URI; logger=none trains without "
+            "tracking."
+        ) from None
