@@ -48,7 +48,7 @@ def evaluate(trained, data: DataConfig, seed: int, split: str, cfg: AppConfig) -
     bundle.splits["test"] = bundle.splits[split]
     batch = cfg.optim.eval_batch_size or cfg.optim.batch_size
     datamodule = TextDataModule(bundle, batch, batch, seed, data.num_workers)
-    module = GPTLightningModule(trained.model, cfg.optim, len(bundle.label_names))
+    module = GPTLightningModule(trained.model, cfg.optim)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,

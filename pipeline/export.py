@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 
 
 def export_trained(
-    trained, formats: Iterable[str], out_dir: Path, max_shard_bytes: int = 5 * 10**9
+    trained, formats: Iterable[str], out_dir: Path, max_shard_bytes: int | None = None
 ) -> dict[str, Path]:
     """Write each format under out_dir/<format>/; returns {format: folder}.
 
@@ -32,7 +32,9 @@ def export_trained(
 
     from pipeline.files import atomic_write
     from pipeline.lora import is_lora, plain_copy, save_adapter
+    from pipeline.model.weights import MAX_SHARD_BYTES
 
+    max_shard_bytes = max_shard_bytes or MAX_SHARD_BYTES
     model = trained.model.eval()
     lora = is_lora(model)
     merged = functools.cache(lambda: plain_copy(model, merge=True) if lora else model)
@@ -67,7 +69,8 @@ def export_trained(
                     save_hf_layout(base(), base_dir)
                 save_adapter(model, target, base_dir)
         elif fmt == "weights":
-            state = {k: v.detach().cpu().clone() for k, v in merged().state_dict().items()}
+            # detach() keeps a tied head and embedding one tensor, saved once.
+            state = {k: v.detach().cpu() for k, v in merged().state_dict().items()}
             atomic_write(target / "model.pth", lambda tmp, s=state: torch.save(s, tmp))
         elif fmt == "onnx":
             atomic_write(target / "model.onnx", lambda tmp: export_onnx(merged(), tmp))

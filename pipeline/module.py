@@ -74,7 +74,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class GPTLightningModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, optim: OptimConfig, n_classes: int = 0):
+    def __init__(self, model: nn.Module, optim: OptimConfig):
         """`model`: our GPTModel or an HFModel; both map input_ids to logits."""
         super().__init__()
         self.model = model
@@ -82,7 +82,7 @@ class GPTLightningModule(pl.LightningModule):
         self.is_lm = model.is_lm
         self.binary = model.n_outputs == 1
         self.metrics = nn.ModuleDict(
-            {stage: self._make_metrics(n_classes) for stage in ("val", "test")}
+            {stage: self._make_metrics(model.n_outputs or 0) for stage in ("val", "test")}
         )
         self._window_tokens = 0
         self._window_start = time.perf_counter()
@@ -120,13 +120,16 @@ class GPTLightningModule(pl.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # Tokens/s over a window of log_every_n_steps batches, from wall time; the token count
-        # is a Python int from the collator, so it costs no device sync.
-        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-        self.log("train/tokens_per_sec", self._window_tokens / elapsed, on_step=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
-        if batch_idx % self.trainer.log_every_n_steps == 0:
-            self._window_tokens, self._window_start = 0, time.perf_counter()
+        # Only on the steps Lightning sends to the logger (it decides right after this hook):
+        # logging a Python float creates a device tensor, which has no place in every step.
+        if not self.trainer._logger_connector.should_update_logs:
+            return
+        # Tokens/s since the last logged step, from wall time; the token count is a Python int
+        # from the collator, so it costs no device sync.
+        now = time.perf_counter()
+        self.log("train/tokens_per_sec", self._window_tokens / max(now - self._window_start, 1e-9))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        self._window_tokens, self._window_start = 0, now
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         loss, pooled = self._step(batch)

@@ -33,12 +33,13 @@ def gpt_config(cfg: AppConfig, bundle: DataBundle, pretrained: GPTConfig | None)
     """The model's shape: the preset and overrides, or the pretrained model's; the head from
     the task; the vocabulary from the tokenizer unless given."""
     m = cfg.model
-    shape = GPTConfig(
-        **m.model_dump(exclude={"name", "arch", "init_from", "vocab_size"}),
-        vocab_size=m.vocab_size or bundle.tokenizer.vocab_size,
-    )
     if pretrained is not None:
         shape = replace(pretrained, drop_rate=m.drop_rate)
+    else:
+        shape = GPTConfig(
+            **m.model_dump(exclude={"name", "arch", "init_from", "vocab_size"}),
+            vocab_size=m.vocab_size or bundle.tokenizer.vocab_size,
+        )
     if cfg.data.max_length > shape.context_length:
         raise UserError(
             f"data.max_length={cfg.data.max_length} is longer than the model's context "
@@ -275,7 +276,7 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
     try:
         has_val = bool(bundle.splits["val"].ids)
         trainer, checkpoint = build_trainer(cfg, run_dir, logger, trained, has_val)
-        module = GPTLightningModule(trained.model, cfg.optim, len(bundle.label_names))
+        module = GPTLightningModule(trained.model, cfg.optim)
         # LoRA checkpoints on pretrained weights hold only what trains (see restore.py).
         module.strict_loading = trained.base is None
         if cfg.trainer.compile:

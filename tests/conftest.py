@@ -35,6 +35,17 @@ def app_config(overrides: list[str], outputs: Path) -> AppConfig:
     return validate(compose_config([f"paths.outputs={outputs}", *overrides]))
 
 
+def train_in_process(overrides: list[str], tmp_path: Path) -> dict:
+    """One run of pipeline.runner.train (TINY settings, no tracking) in tmp_path/run, without
+    the CLI's start-up cost; returns what run.json records."""
+    from pipeline.runner import train
+
+    cfg = app_config([*TINY, "logger=none", *overrides], tmp_path / "outputs")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    return train(cfg, cfg.model_dump(mode="json"), run_dir)
+
+
 def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -16,9 +16,8 @@ from pipeline.export import export_trained
 from pipeline.lora import apply_lora, plain_copy
 from pipeline.model.gpt import GPTConfig, GPTModel, pool_last_token
 from pipeline.restore import Trained, load_trained
-from pipeline.runner import train
 from pipeline.tokenizer import TextTokenizer
-from tests.conftest import TINY, app_config, run_cli, train_until
+from tests.conftest import TINY, app_config, run_cli, train_in_process, train_until
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -145,19 +144,14 @@ def test_lora_run_trains_only_adapters_and_head_base_stays_bit_identical(tmp_pat
     warm = app_config([*TINY, "logger=none"], tmp_path / "out")
     tokenizer = build_data(warm.data, warm.seed).tokenizer
     base_dir = hf_gpt2_dir(tmp_path / "gpt2", tokenizer)
-    cfg = app_config(
+    record = train_in_process(
         [
-            *TINY,
-            "logger=none",
             "lora=default",
             f"model.init_from={base_dir}",
             "trainer.max_epochs=1",
         ],
-        tmp_path / "out",
+        tmp_path,
     )
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    record = train(cfg, cfg.model_dump(mode="json"), run_dir)
     assert record["trainable_parameters"] < record["num_parameters"] / 5
     trained = load_trained(record["paths"]["last_checkpoint"]).model
     trainable = {n for n, p in trained.named_parameters() if p.requires_grad}
@@ -189,20 +183,15 @@ def test_lora_on_an_hf_llama_exports_a_peft_adapter(tmp_path, tokenizer) -> None
     from tests.test_pretrained import tiny_llama
 
     tiny_llama(tmp_path / "llama", tokenizer)
-    cfg = app_config(
+    record = train_in_process(
         [
-            *TINY,
             "model=hf",
             f"model.init_from={tmp_path / 'llama'}",
             "lora=dora",
-            "logger=none",
             "trainer.max_steps=4",
         ],
-        tmp_path / "out",
+        tmp_path,
     )
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    record = train(cfg, cfg.model_dump(mode="json"), run_dir)
     model = noisy(load_trained(record["paths"]["last_checkpoint"]).model)
     out = export_trained(
         Trained(model, tokenizer, ["ham", "spam"]), ["hf", "adapter"], tmp_path / "e"

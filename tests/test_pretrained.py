@@ -16,9 +16,9 @@ from pipeline.export import export_trained
 from pipeline.model.gpt import GPTModel, pool_last_token
 from pipeline.model.weights import read_hf_weights, save_hf
 from pipeline.restore import Trained, load_pretrained, load_trained
-from pipeline.runner import build_model, train
+from pipeline.runner import build_model
 from pipeline.tokenizer import TextTokenizer
-from tests.conftest import TINY, app_config
+from tests.conftest import TINY, app_config, train_in_process
 
 transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
@@ -183,21 +183,16 @@ def tiny_llama(directory: Path, tokenizer: TextTokenizer) -> None:
 @pytest.mark.parametrize("task", ["classification", "causal_lm"])
 def test_model_hf_trains_a_llama_and_exports_hf_and_onnx(tmp_path, tokenizer, task) -> None:
     tiny_llama(tmp_path / "llama", tokenizer)
-    cfg = app_config(
+    record = train_in_process(
         [
-            *TINY,
             "model=hf",
             f"model.init_from={tmp_path / 'llama'}",
             f"data.task={task}",
-            "logger=none",
             "trainer.max_steps=6",
             "export.formats=[hf,onnx]",
         ],
-        tmp_path / "out",
+        tmp_path,
     )
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    record = train(cfg, cfg.model_dump(mode="json"), run_dir)
     assert record["status"] == "FINISHED"
     trained = load_trained(record["paths"]["last_checkpoint"])
     hf_dir = Path(record["paths"]["exports"]["hf"])

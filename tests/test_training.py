@@ -12,8 +12,7 @@ from torch import nn
 
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.module import param_groups
-from pipeline.runner import train
-from tests.conftest import TINY, app_config
+from tests.conftest import train_in_process
 
 
 def three_class_file(path: Path, n: int = 240) -> Path:
@@ -31,32 +30,27 @@ def three_class_file(path: Path, n: int = 240) -> Path:
 
 def test_multiclass_bf16_with_accumulation_stops_at_max_steps(tmp_path: Path) -> None:
     data = three_class_file(tmp_path / "topics.jsonl")
-    cfg = app_config(
+    record = train_in_process(
         [
-            *TINY,
             "data=jsonl",
             f"data.path={data}",
             "data.label_column=topic",
             "data.tokenizer.vocab_size=300",
-            "logger=none",
             "trainer.precision=bf16-mixed",
             "trainer.max_steps=12",
             "optim.accumulate_grad_batches=2",
             "optim.lr=3e-3",
             "optim.warmup_steps=2",
         ],
-        tmp_path / "outputs",
+        tmp_path,
     )
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    record = train(cfg, cfg.model_dump(mode="json"), run_dir)
     assert record["status"] == "FINISHED"
     # 12 optimizer steps of 2 micro-batches each; the checkpoint names count optimizer steps.
     assert Path(record["paths"]["last_checkpoint"]).is_file()
     ckpt = torch.load(record["paths"]["last_checkpoint"], weights_only=True)
     assert ckpt["global_step"] == 12
     assert record["metrics"]["test/acc"] > 0.6  # three classes: chance is 1/3
-    config = json.loads((run_dir / "export" / "hf" / "config.json").read_text())
+    config = json.loads((Path(record["paths"]["run_dir"]) / "export/hf/config.json").read_text())
     assert config["id2label"] == {"0": "food", "1": "sport", "2": "weather"}
 
 

@@ -18,23 +18,11 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    PretrainedConfig,
 )
 
 from pipeline.errors import UserError
 from pipeline.model.sampling import Generates
-
-
-def _classifier_config(config: PretrainedConfig, n_outputs: int, labels: list[str]) -> None:
-    """Label names and the loss transformers should use: one logit is logistic regression."""
-    outputs = labels if n_outputs > 1 else labels[1:2]
-    config.num_labels = n_outputs
-    config.id2label = dict(enumerate(outputs))
-    config.label2id = {name: i for i, name in enumerate(outputs)}
-    config.problem_type = (
-        "multi_label_classification" if n_outputs == 1 else "single_label_classification"
-    )
-    config.pipeline_label_names = labels
+from pipeline.model.weights import classifier_fields
 
 
 class HFModel(Generates, nn.Module):
@@ -74,7 +62,8 @@ class HFModel(Generates, nn.Module):
                 directory, config=config, dtype=torch.float32
             )
         else:
-            _classifier_config(config, n_outputs, labels)
+            for key, value in classifier_fields(n_outputs, labels).items():
+                setattr(config, key, value)
             model = AutoModelForSequenceClassification.from_pretrained(
                 directory, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
             )

@@ -21,6 +21,7 @@ from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.tokenizer import TextTokenizer
 
 StateDict = dict[str, torch.Tensor]
+MAX_SHARD_BYTES = 5 * 10**9  # export.max_shard_size's default, as transformers uses
 
 # (our suffix, Hugging Face suffix, transposed) inside block i: trf_blocks.i.* <-> h.i.*
 _BLOCK = [
@@ -149,22 +150,27 @@ def hf_config(
             pad_token_id=tokenizer.pad_id,
         )
     if not cfg.is_lm:
-        names = label_names or [str(i) for i in range(cfg.head_size)]
-        # Binary classification has one logit (logistic regression): sigmoid > 0.5 means
-        # names[1]; transformers' multi-label problem type applies the same BCE loss.
-        outputs = names if cfg.head_size > 1 else names[1:2]
-        config.update(
-            num_labels=len(outputs),
-            id2label={str(i): name for i, name in enumerate(outputs)},
-            label2id={name: i for i, name in enumerate(outputs)},
-            problem_type=(
-                "multi_label_classification"
-                if cfg.head_size == 1
-                else "single_label_classification"
-            ),
-            pipeline_label_names=names,
-        )
+        config.update(classifier_fields(cfg.head_size, label_names or []))
     return config
+
+
+def classifier_fields(n_outputs: int, label_names: list[str]) -> dict:
+    """The config.json fields of a classifier, for our GPT-2 exports and for model=hf.
+
+    Binary classification has one logit (logistic regression): sigmoid > 0.5 means the second
+    label; transformers' multi-label problem type applies the same BCE loss.
+    """
+    names = label_names or [str(i) for i in range(max(n_outputs, 2))]
+    outputs = names if n_outputs > 1 else names[1:2]
+    return {
+        "num_labels": len(outputs),
+        "id2label": dict(enumerate(outputs)),
+        "label2id": {name: i for i, name in enumerate(outputs)},
+        "problem_type": (
+            "multi_label_classification" if n_outputs == 1 else "single_label_classification"
+        ),
+        "pipeline_label_names": names,
+    }
 
 
 def gpt_config_from_hf(config: dict) -> GPTConfig:
@@ -196,7 +202,7 @@ def save_hf(
     directory: str | Path,
     tokenizer: TextTokenizer | None = None,
     label_names: list[str] | None = None,
-    max_shard_bytes: int = 5 * 10**9,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> Path:
     """config.json + model.safetensors (or shards and their index) + tokenizer files, which
     transformers loads directly as GPT2LMHeadModel / GPT2ForSequenceClassification."""
