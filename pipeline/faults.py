@@ -39,7 +39,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise
             raise UserError(
                 f"No space left to write the checkpoint {path} ({exc.strerror}). Nothing was "
-                "half-written: the previous checkpoint is intact. Free disk space (or set "
+                "half-written, and earlier checkpoints are intact. Free disk space (or set "
                 "paths.outputs to a larger disk), then continue with resume=<run folder>."
             ) from None
 

@@ -28,6 +28,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def move_files_into(source: str | Path, directory: Path) -> None:
+    """Move every file written under `source` (a temporary folder beside `directory`) into
+    `directory`, each flushed to disk first, so a crash leaves whole files only."""
+    for path in Path(source).iterdir():
+        _fsync(path)
+        os.replace(path, directory / path.name)
+    _fsync(directory)
+
+
 def _fsync(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -49,7 +49,7 @@ def gpt_weights(name: str, emb_dim: int) -> Callable[[Path], None]:
     def setup(tmp: Path) -> None:
         from pipeline.model.gpt import GPTConfig, GPTModel
 
-        model = GPTModel(GPTConfig(vocab_size=600, context_length=128, emb_dim=emb_dim))
+        model = GPTModel(GPTConfig(600, 128, emb_dim, n_heads=2, n_layers=2))
         torch.save(model.state_dict(), tmp / name)
 
     return setup
@@ -125,6 +125,7 @@ CASES: dict[str, Case] = {
         "trainer.accelerator=cpu trainer.precision=16-mixed", r"needs a GPU"
     ),
     "adapter export without lora": Case("export.formats=[hf,adapter]", r"choose a lora preset"),
+    "model=hf without weights": Case("model=hf", r"model.init_from=None .*Hugging Face model"),
     "empty experiment name": Case("logger.experiment_name=''", r"at least 1 character"),
     "required value missing": Case("data=csv", r"data.path is required"),
     "classification without labels": Case("data.label_column=null", r"classification needs"),
@@ -184,14 +185,14 @@ CASES: dict[str, Case] = {
     "corrupt weights": Case(
         "model.init_from={tmp}/junk.pth",
         r"junk.pth could not be read.*truncated or corrupt",
-        write("junk.pth", b"\x80\x02not a pickle at all" * 10),
+        write("junk.pth", b"not a weights file at all" * 10),
     ),
     "a pickle that would run code": Case(
         "model.init_from={tmp}/evil.pth", r"Refused to load .*evil.pth.*can run code", code_pickle
     ),
     "shape-mismatched weights": Case(
         "model.init_from={tmp}/narrow.pth",
-        r"tok_emb.weight \(600, 32\) in the file vs \(\d+, 64\) in the model",
+        r"tok_emb.weight \(600, 32\) in the file vs \(\d+, 64\) in the model.*emb_dim probably",
         gpt_weights("narrow.pth", emb_dim=32),
     ),
     # -- machine ------------------------------------------------------------------------------
@@ -204,12 +205,17 @@ CASES: dict[str, Case] = {
     # -- while training -----------------------------------------------------------------------
     "NaN or inf loss": Case(
         "optim.lr=1e30 trainer.checkpoint.every_n_train_steps=1",
-        r"loss became (nan|inf) at step \d+ .*last good checkpoint is .*step=1.ckpt",
+        r"loss became (nan|inf) at step \d+ .*last good checkpoint is .*last.ckpt",
+        during_training=True,
+    ),
+    "trainer settings Lightning refuses": Case(
+        "trainer.strategy=bogus",
+        r"Lightning refused the trainer settings.*bogus",
         during_training=True,
     ),
     "disk full during a checkpoint": Case(
         "model=gpt-mini trainer.checkpoint.every_n_train_steps=1",
-        r"No space left to write the checkpoint .*previous checkpoint is intact",
+        r"No space left to write the checkpoint .*earlier checkpoints are intact",
         during_training=True,
     ),
 }
@@ -292,6 +298,9 @@ def test_bad_input(name: str, tmp_path: Path, capsys) -> None:
         (run,) = runs
         assert run.info.status == "FAILED"
         assert message[-1].removeprefix("error: ") == run.data.tags["error"]
+        for checkpoint in outputs.glob("runs/*/*/*/checkpoints/*.ckpt"):  # the good ones
+            state = torch.load(checkpoint, weights_only=True)["state_dict"]
+            assert all(torch.isfinite(v).all() for v in state.values()), checkpoint
     else:
         assert runs == []  # refused before any run started
         assert not list(outputs.glob("runs/*/*/*/*")), "a refused run left its folder"
