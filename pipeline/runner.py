@@ -26,7 +26,7 @@ from pipeline.faults import AtomicCheckpointIO, StopOnNonFiniteLoss, StopOnSigna
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.model.weights import load_into
 from pipeline.module import GPTLightningModule
-from pipeline.provenance import data_digests, redact
+from pipeline.provenance import data_digests, redact, redact_all
 from pipeline.restore import CHECKPOINT_KEY, Trained, has_tokenizer, load_pretrained
 from pipeline.tokenizer import TextTokenizer
 
@@ -134,6 +134,8 @@ def build_trainer(
         mode=c.mode,
         save_top_k=c.save_top_k if monitor else 1,
         save_last=c.save_last,
+        # Overwrite, never last-v1.ckpt: last.ckpt is the newest state, whoever wrote it.
+        enable_version_counter=False,
     )
     callbacks: list[pl.Callback] = [
         checkpoint,
@@ -148,6 +150,7 @@ def build_trainer(
                 save_top_k=0,
                 save_last=True,
                 every_n_train_steps=c.every_n_train_steps,
+                enable_version_counter=False,
             )
         )
     if stop is not None:
@@ -278,6 +281,8 @@ def _train(
     outputs = Path(cfg.paths.outputs)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     trained, bundle = build_model(cfg)
+    # Checkpoints carry the config and may be uploaded: no credentials in it.
+    config_dict = redact_all(config_dict)
     trained.config = config_dict
     n_params = sum(p.numel() for p in trained.model.parameters())
     n_trainable = sum(p.numel() for p in trained.model.parameters() if p.requires_grad)

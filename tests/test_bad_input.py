@@ -125,7 +125,7 @@ CASES: dict[str, Case] = {
         "trainer.accelerator=cpu trainer.precision=16-mixed", r"needs a GPU"
     ),
     "adapter export without lora": Case("export.formats=[hf,adapter]", r"choose a lora preset"),
-    "model=hf without weights": Case("model=hf", r"model.init_from=None .*Hugging Face model"),
+    "model=hf without weights": Case("model=hf", r"model.init_from is required"),
     "empty experiment name": Case("logger.experiment_name=''", r"at least 1 character"),
     "required value missing": Case("data=csv", r"data.path is required"),
     "classification without labels": Case("data.label_column=null", r"classification needs"),

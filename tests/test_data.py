@@ -81,14 +81,23 @@ def test_labels_unseen_in_training_are_refused(tmp_path: Path) -> None:
         build_data(cfg, seed=0)
 
 
-def test_build_data_tokenizes_truncates_and_maps_labels(tmp_path: Path) -> None:
+def test_build_data_tokenizes_truncates_and_maps_labels(tmp_path: Path, capsys) -> None:
     path = demo_data.ensure_file(tmp_path / "demo.tsv", 300)
     bundle = build_data(data_cfg(path, max_length=8), seed=1)
     assert bundle.label_names == ["ham", "spam"] and bundle.n_outputs == 1
     assert sum(len(s.ids) for s in bundle.splits.values()) == 300
     assert max(len(ids) for ids in bundle.splits["train"].ids) == 8
+    # The truncation is announced once, with how many texts and the longest one.
+    longer = sum(len(ids) == 8 for split in bundle.splits.values() for ids in split.ids)
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: ") and warning.count("\n") == 1
+    count = int(warning.removeprefix("warning: ").split()[0])
+    assert 0 < count <= longer and "longer than data.max_length=8 tokens" in warning
     again = build_data(data_cfg(path, max_length=8), seed=1)
     assert again.splits["test"].ids == bundle.splits["test"].ids
+    assert capsys.readouterr().err == warning  # the same texts, the same warning
+    build_data(data_cfg(path, max_length=256), seed=1)
+    assert capsys.readouterr().err == ""  # nothing to truncate, nothing said
 
 
 def test_collator_pads_right_and_masks_lm_targets() -> None:

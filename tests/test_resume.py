@@ -150,7 +150,7 @@ def test_from_run_reproduces_a_recorded_run(straight) -> None:
     packages = client.download_artifacts(reference["run_id"], "packages.txt")
     assert f"torch=={torch.__version__}" in Path(packages).read_text()
 
-    again = run_cli("train", "--from-run", reference["run_id"])
+    again = run_cli("train", "--from-run", reference["run_id"], f"paths.outputs={outputs}")
     assert again.returncode == 0, again.stderr[-2000:]
     (second,) = [
         r
