@@ -446,3 +446,13 @@ def test_a_hugging_face_llama_prunes_2_4_with_wanda_and_exports_it(tmp_path):
             groups = (module.weight != 0).reshape(module.weight.shape[0], -1, 4).sum(-1)
             assert int(groups.max()) <= 2, name
     assert zeros(reloaded.lm_head.weight) == 0
+
+
+def test_the_output_head_is_pruned_only_when_named():
+    model = GPTModel(SHAPE)
+    assert not any("out_head" in n for n in target_layers(model, "all-linear"))
+    assert target_layers(model, ["out_head", "ff.fc1"]) == [
+        "trf_blocks.0.ff.fc1",
+        "trf_blocks.1.ff.fc1",
+        "out_head",
+    ]
