@@ -19,7 +19,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from pipeline import tracking
 from pipeline.config import AppConfig, LoggerConfig
-from pipeline.data import DataBundle, TextDataModule, build_data
+from pipeline.data import Collator, DataBundle, TextDataModule, build_data
 from pipeline.errors import Interrupted, UserError
 from pipeline.export import export_trained
 from pipeline.faults import AtomicCheckpointIO, StopOnNonFiniteLoss, StopOnSignal
@@ -121,10 +121,12 @@ def build_trainer(
     logger: Any,
     trained: Trained,
     has_val: bool,
-    stop: StopOnSignal | None = None,
+    extra: list[pl.Callback],
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
     t, c = cfg.trainer, cfg.trainer.checkpoint
-    monitor = c.monitor if has_val else None
+    # A pruning schedule makes earlier, denser checkpoints look best on validation: with
+    # sparsity the run's result is its last checkpoint.
+    monitor = c.monitor if has_val and not cfg.sparsity.enabled else None
     checkpoint_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -132,15 +134,18 @@ def build_trainer(
         auto_insert_metric_name=False,
         monitor=monitor,
         mode=c.mode,
-        save_top_k=c.save_top_k if monitor else 1,
+        # Without a monitor Lightning keeps the latest one, or every one (-1).
+        save_top_k=c.save_top_k if monitor or c.save_top_k == -1 else 1,
         save_last=c.save_last,
         # Overwrite, never last-v1.ckpt: last.ckpt is the newest state, whoever wrote it.
         enable_version_counter=False,
     )
+    # Lightning runs checkpoint callbacks after the others: a NaN loss stops before a save.
     callbacks: list[pl.Callback] = [
         checkpoint,
         _CheckpointExtras(trained),
         StopOnNonFiniteLoss(checkpoint_dir),
+        *extra,
     ]
     if c.every_n_train_steps and c.save_last:
         # A second callback only for last.ckpt: the first one's top-k needs validation metrics.
@@ -153,8 +158,6 @@ def build_trainer(
                 enable_version_counter=False,
             )
         )
-    if stop is not None:
-        callbacks.append(stop)
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
     try:
@@ -196,12 +199,21 @@ def check_devices(cfg: AppConfig) -> None:
             "device. Use trainer=cpu (or trainer.accelerator=auto); python -m pipeline.doctor "
             "shows what this machine offers."
         )
+    if cfg.sparsity.accelerate:
+        from pipeline.sparsity.accelerate import check_semi_structured
+
+        check_semi_structured()
 
 
 def build_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
     """Data, tokenizer and the model (pretrained weights loaded when model.init_from is set),
-    with LoRA adapters when a lora preset is chosen."""
+    with LoRA adapters when a lora preset is chosen. The layers sparsity targets are resolved
+    first, on the model without adapters (`Trained.sparse_layers`)."""
     trained, bundle = build_hf_model(cfg) if cfg.model.arch == "hf" else build_gpt_model(cfg)
+    if cfg.sparsity.active:
+        from pipeline.sparsity.targets import target_layers
+
+        trained.sparse_layers = target_layers(trained.model, cfg.sparsity.target_modules)
     if cfg.lora.enabled:
         from pipeline.lora import apply_lora
 
@@ -321,8 +333,11 @@ def _train(
     failed = True
     try:
         has_val = bool(bundle.splits["val"].ids)
-        trainer, checkpoint = build_trainer(cfg, run_dir, logger, trained, has_val, stop)
-        module = GPTLightningModule(trained.model, cfg.optim)
+        sparsity = sparsity_callback(cfg, trained, bundle, run_dir)
+        extra = [stop, sparsity] if sparsity else [stop]
+        trainer, checkpoint = build_trainer(cfg, run_dir, logger, trained, has_val, extra)
+        penalty = sparsity.pruner.penalty if sparsity and cfg.sparsity.l1_lambda else None
+        module = GPTLightningModule(trained.model, cfg.optim, penalty)
         # LoRA checkpoints on pretrained weights hold only what trains (see restore.py).
         module.strict_loading = trained.base is None
         if cfg.trainer.compile:
@@ -350,6 +365,9 @@ def _train(
             state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
             state = state["state_dict"]
             module.load_state_dict(state, strict=module.strict_loading)
+        if sparsity:
+            trained.masks = sparsity.pruner.state() or None
+            record["sparsity"] = sparsity.report
         if bundle.splits["test"].ids:
             trainer.test(module, datamodule=datamodule, verbose=False)
         record["metrics"] = {**fit_metrics, **_final_metrics(trainer)}
@@ -462,9 +480,36 @@ def batches_done(checkpoint: Path) -> int:
     return state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
 
 
+def sparsity_callback(cfg: AppConfig, trained: Trained, bundle: DataBundle, run_dir: Path):
+    """The callback that prunes and measures, when the sparsity config asks for either."""
+    if not cfg.sparsity.active:
+        return None
+    from pipeline.sparsity.callback import SparsityCallback
+
+    calibration = None
+    if cfg.sparsity.method == "wanda":
+        calibration = calibration_batch(bundle, cfg.sparsity.calibration_samples, cfg.seed)
+    return SparsityCallback(
+        cfg.sparsity, trained.model, trained.sparse_layers, calibration, run_dir / "sparsity"
+    )
+
+
+def calibration_batch(bundle: DataBundle, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n training examples drawn with the run's seed (the same on every rank): ids, lengths."""
+    ids = bundle.splits["train"].ids
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))
+    batch = Collator("causal_lm", bundle.tokenizer.pad_id, False)(
+        [(ids[i], None) for i in order[:n].tolist()]
+    )
+    return batch["input_ids"], batch["lengths"]
+
+
 def _artifacts(cfg: AppConfig, record: dict[str, Any]) -> dict[str, Path]:
     paths = record["paths"]
     artifacts = {f"export/{fmt}": Path(p) for fmt, p in paths["exports"].items()}
+    report = Path(paths["run_dir"]) / "sparsity"
+    if report.is_dir():
+        artifacts["sparsity"] = report
     chosen = {"best": paths["best_checkpoint"], "last": paths["last_checkpoint"]}.get(
         cfg.logger.log_checkpoint
     )

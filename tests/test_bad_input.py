@@ -113,6 +113,13 @@ CASES: dict[str, Case] = {
     "dropout < 0": Case("model.drop_rate=-0.1", r"model.drop_rate=-0.1 .*greater than or equal"),
     "lora dropout 1": Case("lora=default lora.dropout=1", r"lora.dropout=1 .*less than 1"),
     "lora r <= 0": Case("lora=default lora.r=0", r"lora.r=0 .*greater than 0"),
+    "sparsity >= 1": Case(
+        "sparsity=magnitude sparsity.final=1.0", r"sparsity.final=1.0 .*less than 1"
+    ),
+    "sparsity < 0": Case(
+        "sparsity=magnitude sparsity.final=-0.5", r"sparsity.final=-0.5 .*greater than or equal"
+    ),
+    "N:M with N >= M": Case("sparsity=nm_2_4 sparsity.pattern=4:4", r"N:M with 0 < N < M"),
     "n_heads not dividing emb_dim": Case("model.n_heads=5", r"divisible by model.n_heads"),
     "max_length > context": Case("data.max_length=4096", r"model.context_length \(128\)"),
     "split fractions >= 1": Case(
