@@ -456,3 +456,25 @@ def test_the_output_head_is_pruned_only_when_named():
         "trf_blocks.1.ff.fc1",
         "out_head",
     ]
+
+
+def test_rigl_moves_masks_during_training_at_a_constant_count(tmp_path):
+    train_in_process(
+        [
+            "sparsity=rigl",
+            "sparsity.end_step=30",
+            "sparsity.frequency=3",
+            "trainer.max_epochs=2",
+            "trainer.checkpoint.save_top_k=-1",
+            "export.formats=[]",
+        ],
+        tmp_path,
+    )
+    first, last = _checkpoints(tmp_path / "run")
+    moved = 0
+    for name, keep in last["sparsity"]["masks"].items():
+        before = first["sparsity"]["masks"][name]
+        assert int(keep.sum()) == int(before.sum()) == keep.numel() - keep.numel() // 2
+        moved += int((keep & ~before).sum())
+        assert int((last["state_dict"][f"model.{name}"][~keep] != 0).sum()) == 0
+    assert moved > 0  # weights pruned after the first epoch grew back, others were dropped
