@@ -400,13 +400,15 @@ def test_sparsity_metrics_and_report_reach_mlflow(tmp_path):
         ("sparsity.final=1.0", "less than 1"),
         ("sparsity.final=-0.1", "greater than or equal to 0"),
         ("sparsity.schedule=staged", "sparsity.stages"),
+        ("sparsity.stages=[[0.5,0.3],[3.0,0.5]]", "sparsity.stages=3.0"),
+        ("sparsity.schedule=staged sparsity.stages=[[10,0.5],[20,0.3]]", "non-decreasing"),
         ("sparsity.accelerate=true", "only with sparsity.pattern=2:4"),
         ("sparsity.target_modules=[nothing_here]", "matches no module"),
     ],
 )
 def test_bad_sparsity_settings_are_refused(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
-        train_in_process(["sparsity=magnitude", override], tmp_path)
+        train_in_process(["sparsity=magnitude", *override.split()], tmp_path)
 
 
 def test_accelerate_needs_cuda_with_sparse_tensor_cores(tmp_path):
