@@ -269,9 +269,23 @@ class BatchedMLflowLogger(Logger):
         pass
 
 
-def write_run_json(run_dir: Path, record: Mapping[str, Any]) -> Path:
-    return write_json(run_dir / "run.json", dict(record))
+def write_run_json(run_dir: Path, record: Mapping[str, Any], name: str = "run.json") -> Path:
+    return write_json(run_dir / name, dict(record))
 
 
 def run_status(failed: bool) -> str:
     return RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+
+
+def mlflow_status(status: str) -> str:
+    """run.json's status as an MLflow run status: a pruned search trial is KILLED (MLflow has
+    no PRUNED) and tagged `pruned` (failure_tags)."""
+    return RunStatus.to_string(RunStatus.KILLED) if status == "PRUNED" else status
+
+
+def failure_tags(record: Mapping[str, Any]) -> dict[str, str] | None:
+    if "error" not in record:
+        return None
+    if record["status"] == "PRUNED":
+        return {"pruned": "true", "optuna.state": "PRUNED", "error": record["error"]}
+    return {"error": record["error"]}
