@@ -42,9 +42,12 @@ def launched_externally() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "SLURM_NTASKS" in os.environ
 
 
-def check_multirun(t: TrainerConfig, multirun: bool) -> None:
+def check_multirun(t: TrainerConfig, multirun: bool, launcher: str = "") -> None:
     """Lightning's subprocess DDP re-runs the command line in each extra rank; under -m that
-    would start the whole sweep again in every rank."""
+    would start the whole sweep again in every rank. The submitit launcher (SLURM) starts the
+    ranks itself, as torchrun and srun do."""
+    if "submitit" in launcher:
+        return
     spawns = t.strategy.startswith("ddp") or t.strategy.startswith("fsdp")
     many = t.devices == "auto" or t.devices > 1 or t.num_nodes > 1
     if multirun and spawns and many and not launched_externally():

@@ -43,7 +43,7 @@ class SweepSummary(Callback):
             trainer = None  # each trial reports its own config error
         try:
             if trainer is not None:
-                check_multirun(trainer, multirun=True)
+                check_multirun(trainer, True, config.hydra.launcher.get("_target_", ""))
             if is_search(config.hydra.sweeper):
                 check_search(config)
         except UserError as exc:
