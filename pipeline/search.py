@@ -36,7 +36,8 @@ class Param(_Strict):
     high: float | None = None
     log: bool = False
     step: float | None = None
-    choices: list[Any] | None = None
+    # Optuna stores categorical choices as they are: plain values only.
+    choices: list[str | int | float | bool | None] | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> Param:
@@ -47,6 +48,8 @@ class Param(_Strict):
             raise ValueError(f"a {self.type} parameter needs low < high")
         elif self.log and self.low <= 0:
             raise ValueError("log=true needs low > 0")
+        elif self.log and self.step is not None:
+            raise ValueError("log=true and step cannot be combined")
         return self
 
 

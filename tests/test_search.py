@@ -10,9 +10,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.errors import UserError
+from pipeline.search import distributions, load_search, overrides
 from tests.conftest import TINY, run_cli
-
-pytestmark = pytest.mark.slow
 
 # A search a user would write in conf/hparams_search/; the tests add it through hydra.searchpath.
 # lr 1e-7 barely moves the loss, so once a 3e-3 trial has finished, the pruner stops it.
@@ -65,6 +65,7 @@ def study(outputs: Path) -> optuna.Study:
     return optuna.load_study(study_name="tiny", storage=f"sqlite:///{outputs}/optuna.db")
 
 
+@pytest.mark.slow
 def test_search_prunes_poor_trials_and_resumes_its_study(tmp_path: Path) -> None:
     outputs = search(tmp_path)
     states = {t.number: t.state.name for t in study(outputs).trials}
@@ -103,6 +104,7 @@ def test_search_prunes_poor_trials_and_resumes_its_study(tmp_path: Path) -> None
     assert parent_again.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_four_parallel_trials_record_four_complete_runs(tmp_path: Path) -> None:
     outputs = search(tmp_path, "hydra.sweeper.n_jobs=4", "trainer.max_epochs=1")
     assert [t.state.name for t in study(outputs).trials] == ["COMPLETE"] * 4
@@ -117,6 +119,7 @@ def test_four_parallel_trials_record_four_complete_runs(tmp_path: Path) -> None:
     assert max(r.info.start_time for r in children) < min(r.info.end_time for r in children)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -140,3 +143,62 @@ def test_a_bad_search_is_refused_before_any_run(tmp_path: Path, override, messag
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not list(outputs.glob("search/tiny/*/run.json"))
+
+
+BASE = {"study_name": "s", "storage": "sqlite:///x.db", "objective": "val/loss"}
+
+
+def test_search_space_maps_to_optuna_and_back_to_overrides() -> None:
+    search = load_search(
+        {
+            **BASE,
+            "direction": "maximize",
+            "n_trials": 3,
+            "params": {
+                "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+                "model.n_layers": {"type": "int", "low": 2, "high": 8, "step": 2},
+                "lora.target_modules": {
+                    "type": "categorical",
+                    "choices": ["attention", "all-linear"],
+                },
+            },
+        }
+    )
+    space = distributions(search)
+    assert (space["optim.lr"].low, space["optim.lr"].high, space["optim.lr"].log) == (
+        1e-5,
+        1e-2,
+        True,
+    )
+    assert (space["model.n_layers"].low, space["model.n_layers"].step) == (2, 2)
+    assert space["lora.target_modules"].choices == ("attention", "all-linear")
+    assert search.mode == "max"
+    sampled = {
+        "optim.lr": 0.00012345678901234,
+        "model.n_layers": 4,
+        "lora.target_modules": "all-linear",
+    }
+    assert overrides(sampled) == [
+        "optim.lr=0.00012345678901234",
+        "model.n_layers=4",
+        "lora.target_modules=all-linear",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"optim.lr": {"type": "float", "low": 1e-2, "high": 1e-5}}, "needs low < high"),
+        (
+            {"optim.lr": {"type": "float", "low": 0, "high": 1, "log": True}},
+            "log=true needs low > 0",
+        ),
+        ({"lora.r": {"type": "categorical", "choices": []}}, "non-empty 'choices'"),
+        ({"lora.r": {"type": "integer", "low": 1, "high": 4}}, "hydra.sweeper.params.lora.r.type"),
+        ({}, "hydra.sweeper.params"),
+    ],
+)
+def test_a_bad_search_space_names_the_entry(params: dict, message: str) -> None:
+    with pytest.raises(UserError, match="Search config error") as error:
+        load_search({**BASE, "direction": "minimize", "n_trials": 3, "params": params})
+    assert message in str(error.value)
