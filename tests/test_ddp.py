@@ -1,5 +1,6 @@
 """Data-parallel training on the CPU: two gloo ranks started by Lightning, one MLflow run
-from rank 0, the same results on both ranks; and DDP inside a sweep is refused."""
+from rank 0, the same results (and sparsity masks) on both ranks; and DDP inside a sweep is
+refused."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def test_ddp_on_two_cpu_ranks_records_one_run_with_identical_ranks(tmp_path: Pat
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
+        # Pruned while training: the masks must agree on both ranks, or the weights would not.
+        "sparsity=gradual",
+        "sparsity.measure.activations=false",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = {p.parent for p in outputs.glob("runs/*/*/*/run.json")}
@@ -31,6 +35,7 @@ def test_ddp_on_two_cpu_ranks_records_one_run_with_identical_ranks(tmp_path: Pat
     assert rank0["status"] == rank1["status"] == "FINISHED"
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["weights_sha256"] == rank1["weights_sha256"]
+    assert rank0["sparsity"] == rank1["sparsity"] and rank0["sparsity"]["total"] > 0.49
     # Validation and test metrics are reduced over both ranks (train/loss_epoch is each
     # rank's own batches).
     evaluated = {k: v for k, v in rank0["metrics"].items() if k.startswith(("val/", "test/"))}
