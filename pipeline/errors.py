@@ -17,3 +17,7 @@ class Interrupted(UserError):
         super().__init__(message)
         # 128 + the signal number: what a shell reports for a process ended by that signal.
         self.exit_code = 128 + signum
+
+
+class TrialPruned(Exception):
+    """A search trial stopped early by the pruner: recorded as PRUNED, not as a failure."""

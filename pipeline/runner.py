@@ -20,7 +20,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pipeline import tracking
 from pipeline.config import AppConfig, LoggerConfig
 from pipeline.data import Collator, DataBundle, TextDataModule, build_data
-from pipeline.errors import Interrupted, UserError
+from pipeline.distributed import global_rank, weights_digest
+from pipeline.errors import Interrupted, TrialPruned, UserError
 from pipeline.export import export_trained
 from pipeline.faults import AtomicCheckpointIO, StopOnNonFiniteLoss, StopOnSignal
 from pipeline.model.gpt import GPTConfig, GPTModel
@@ -29,6 +30,7 @@ from pipeline.module import GPTLightningModule
 from pipeline.provenance import data_digests, redact, redact_all
 from pipeline.restore import CHECKPOINT_KEY, Trained, has_tokenizer, load_pretrained
 from pipeline.tokenizer import TextTokenizer
+from pipeline.trial import search_callbacks
 
 
 def gpt_config(cfg: AppConfig, bundle: DataBundle, pretrained: GPTConfig | None) -> GPTConfig:
@@ -158,6 +160,7 @@ def build_trainer(
                 enable_version_counter=False,
             )
         )
+    callbacks += search_callbacks()
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
     try:
@@ -306,9 +309,13 @@ def _train(
     if resume:
         print(f"Resuming {run_dir} from {resume.checkpoint.name}.")
     trained.tokenizer.save(run_dir)
+    # Every rank of a data-parallel run gets here; rank 0 alone tracks, exports and writes
+    # run.json, the others leave run.rank<N>.json.
+    rank = global_rank(cfg.trainer.devices)
+    record_name = "run.json" if rank == 0 else f"run.rank{rank}.json"
 
     tracked, logger = None, None
-    if cfg.logger.name == "mlflow":
+    if cfg.logger.name == "mlflow" and rank == 0:
         if resume and resume.record.get("run_id"):
             tracked = tracking.reopen_run(cfg.logger, outputs, resume.record["run_id"])
         else:
@@ -329,8 +336,8 @@ def _train(
         "paths": {"run_dir": str(run_dir)},
         "resumed": (resume.record.get("resumed", 0) + 1) if resume else 0,
     }
-    tracking.write_run_json(run_dir, record)
-    failed = True
+    tracking.write_run_json(run_dir, record, record_name)
+    failed, pruned = True, False
     try:
         has_val = bool(bundle.splits["val"].ids)
         sparsity = sparsity_callback(cfg, trained, bundle, run_dir)
@@ -376,7 +383,12 @@ def _train(
         if cfg.lora.enabled:
             # A LoRA run always yields its adapter and the merged model.
             formats += [f for f in ("adapter", "merged") if f not in formats]
-        exports = export_trained(trained, formats, export_dir, cfg.export.max_shard_bytes)
+        exports = {}
+        if rank == 0:
+            exports = export_trained(trained, formats, export_dir, cfg.export.max_shard_bytes)
+        if trainer.world_size > 1 and cfg.trainer.strategy.startswith("ddp"):
+            # Replicas that trained in step hold the same weights: run.rank<N>.json shows it.
+            record.update(world_size=trainer.world_size, weights_sha256=weights_digest(module))
         last = run_dir / "checkpoints" / "last.ckpt"
         record["paths"].update(
             best_checkpoint=best,
@@ -391,13 +403,15 @@ def _train(
             record["error"] = str(killed)
             raise killed from None
         record["error"] = describe_failure(exc)
+        pruned = isinstance(exc, TrialPruned)
         raise
     finally:
-        record["status"] = tracking.run_status(failed, killed=failed and stop.signum is not None)
+        killed = failed and stop.signum is not None
+        record["status"] = "PRUNED" if pruned else tracking.run_status(failed, killed=killed)
         record["duration_s"] = round(time.time() - started, 1)
         if tracked:
             record["ui_url"] = tracked.ui_url()
-        tracking.write_run_json(run_dir, record)
+        tracking.write_run_json(run_dir, record, record_name)
         if tracked:
             try:
                 logger.finalize(record["status"])
@@ -406,14 +420,14 @@ def _train(
                     artifacts.update(_artifacts(cfg, record))
                 tracking.finish_run(
                     tracked,
-                    record["status"],
+                    tracking.mlflow_status(record["status"]),
                     artifacts,
                     {
                         "model.num_parameters": n_params,
                         "model.trainable_parameters": n_trainable,
                         "model.trainable_fraction": f"{n_trainable / n_params:.6f}",
                     },
-                    {"error": record["error"]} if failed and "error" in record else None,
+                    tracking.failure_tags(record) if failed else None,
                 )
             except Exception as exc:
                 if not failed:
@@ -467,7 +481,7 @@ def locate_resume(
 
 
 def describe_failure(exc: BaseException) -> str:
-    if isinstance(exc, UserError):
+    if isinstance(exc, UserError | TrialPruned):
         return str(exc)
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         return "interrupted before the run finished"
