@@ -87,6 +87,29 @@ def train_until(outputs: Path, pattern: str, *args: str, timeout: float = 180) -
     return proc
 
 
+def step_of(checkpoint: Path) -> int:
+    import torch
+
+    for _ in range(50):  # the file can be replaced while we read it
+        try:
+            return torch.load(checkpoint, weights_only=True, mmap=True)["global_step"]
+        except (OSError, RuntimeError, EOFError):
+            time.sleep(0.02)
+    raise AssertionError(f"could not read {checkpoint}")
+
+
+def kill_at_step(outputs: Path, step: int, sig: int, *args: str) -> subprocess.Popen:
+    """Start training and send `sig` once its last.ckpt has reached `step`."""
+    proc = train_until(outputs, "runs/*/*/*/checkpoints/last.ckpt", *args)
+    (checkpoint,) = outputs.glob("runs/*/*/*/checkpoints/last.ckpt")
+    deadline = time.monotonic() + 120
+    while step_of(checkpoint) < step:
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the step"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    return proc
+
+
 @pytest.fixture
 def outputs(tmp_path: Path) -> Path:
     return tmp_path / "outputs"

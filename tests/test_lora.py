@@ -17,7 +17,7 @@ from pipeline.lora import apply_lora, plain_copy
 from pipeline.model.gpt import GPTConfig, GPTModel, pool_last_token
 from pipeline.restore import Trained, load_trained
 from pipeline.tokenizer import TextTokenizer
-from tests.conftest import TINY, app_config, run_cli, train_in_process, train_until
+from tests.conftest import TINY, app_config, kill_at_step, run_cli, train_in_process
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -220,9 +220,7 @@ def test_killed_lora_run_resumes_to_the_same_weights_with_a_small_checkpoint(tmp
     straight = run_cli("train", f"paths.outputs={tmp_path / 'a'}", *args)
     assert straight.returncode == 0, straight.stderr[-2000:]
     outputs = tmp_path / "b"
-    proc = train_until(outputs, "runs/*/*/*/checkpoints/last.ckpt", *args)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_at_step(outputs, 1, signal.SIGKILL, *args).wait(timeout=60)
     (run_dir,) = (p.parent for p in outputs.glob("runs/*/*/*/run.json"))
     first = json.loads((run_dir / "run.json").read_text())
     assert first["status"] == "RUNNING"

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, run_cli, train_until
+from tests.conftest import TINY, kill_at_step, run_cli, step_of
 
 # 20 batches per epoch, last.ckpt every 3 steps, dropout on (so the RNG state matters).
 ARGS = [*TINY, "model.drop_rate=0.1", "trainer.checkpoint.every_n_train_steps=3"]
@@ -36,27 +34,6 @@ def metric_histories(outputs: Path, run_id: str) -> dict[str, list[tuple[int, fl
         key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         for key in keys
     }
-
-
-def step_of(checkpoint: Path) -> int:
-    for _ in range(50):  # the file can be replaced while we read it
-        try:
-            return torch.load(checkpoint, weights_only=True, mmap=True)["global_step"]
-        except (OSError, RuntimeError, EOFError):
-            time.sleep(0.02)
-    raise AssertionError(f"could not read {checkpoint}")
-
-
-def kill_at_step(outputs: Path, step: int, sig: int, *args: str) -> subprocess.Popen:
-    """Start training and send `sig` once its last.ckpt has reached `step`."""
-    proc = train_until(outputs, "runs/*/*/*/checkpoints/last.ckpt", *args)
-    (checkpoint,) = outputs.glob("runs/*/*/*/checkpoints/last.ckpt")
-    deadline = time.monotonic() + 120
-    while step_of(checkpoint) < step:
-        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the step"
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    return proc
 
 
 @pytest.fixture(scope="module")

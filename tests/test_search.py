@@ -35,22 +35,26 @@ hydra:
 """
 
 
-def search(tmp_path: Path, *overrides: str) -> Path:
+def run_search(tmp_path: Path, *overrides: str):
+    """`-m hparams_search=tiny` (the SEARCH above, through hydra.searchpath) into
+    tmp_path/outputs."""
     conf = tmp_path / "conf" / "hparams_search"
     conf.mkdir(parents=True, exist_ok=True)
     (conf / "tiny.yaml").write_text(SEARCH)
-    outputs = tmp_path / "outputs"
-    result = run_cli(
+    return run_cli(
         "train",
         "-m",
-        f"paths.outputs={outputs}",
+        f"paths.outputs={tmp_path / 'outputs'}",
         f"hydra.searchpath=[file://{conf.parent}]",
         "hparams_search=tiny",
-        *TINY,
         *overrides,
     )
+
+
+def search(tmp_path: Path, *overrides: str) -> Path:
+    result = run_search(tmp_path, *TINY, *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
-    return outputs
+    return tmp_path / "outputs"
 
 
 def runs(outputs: Path) -> tuple[MlflowClient, object, list]:
@@ -128,21 +132,10 @@ def test_four_parallel_trials_record_four_complete_runs(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_search_is_refused_before_any_run(tmp_path: Path, override, message) -> None:
-    conf = tmp_path / "conf" / "hparams_search"
-    conf.mkdir(parents=True)
-    (conf / "tiny.yaml").write_text(SEARCH)
-    outputs = tmp_path / "outputs"
-    result = run_cli(
-        "train",
-        "-m",
-        f"paths.outputs={outputs}",
-        f"hydra.searchpath=[file://{conf.parent}]",
-        "hparams_search=tiny",
-        override,
-    )
+    result = run_search(tmp_path, override)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert not list(outputs.glob("search/tiny/*/run.json"))
+    assert not list((tmp_path / "outputs").glob("search/tiny/*/run.json"))
 
 
 BASE = {"study_name": "s", "storage": "sqlite:///x.db", "objective": "val/loss"}

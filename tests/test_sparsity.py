@@ -21,7 +21,14 @@ from pipeline.sparsity.measure import ActivationCounter
 from pipeline.sparsity.pruner import Pruner, input_norms
 from pipeline.sparsity.schedule import Schedule
 from pipeline.sparsity.targets import target_layers
-from tests.conftest import TINY, app_config, run_cli, train_in_process, train_until
+from tests.conftest import (
+    TINY,
+    app_config,
+    kill_at_step,
+    run_cli,
+    step_of,
+    train_in_process,
+)
 
 SHAPE = GPTConfig(vocab_size=97, context_length=32, emb_dim=32, n_heads=4, n_layers=2)
 
@@ -288,20 +295,19 @@ def test_gradual_masks_hold_through_adamw_clipping_accumulation_and_bf16(tmp_pat
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_masks_and_schedule_exactly(tmp_path):
-    """SIGKILL mid-schedule (after the first epoch's checkpoint), resume=auto, and compare with
-    a run that was never interrupted: the same masks, schedule history and weights."""
+    """SIGKILL mid-epoch and mid-schedule, resume=auto, and compare with a run that was never
+    interrupted: the same masks, schedule history and weights."""
     args = [*TINY, "logger=none", "trainer.max_epochs=3", "export.formats=[]"]
+    args += ["trainer.checkpoint.every_n_train_steps=3"]
     args += ["sparsity=gradual", "sparsity.start_step=5", "sparsity.end_step=45"]
     args += ["sparsity.frequency=5", "sparsity.measure.activations=false"]
     straight = run_cli("train", f"paths.outputs={tmp_path / 'a'}", *args)
     assert straight.returncode == 0, straight.stderr[-2000:]
     outputs = tmp_path / "b"
-    proc = train_until(outputs, "runs/*/*/*/checkpoints/last.ckpt", *args)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_at_step(outputs, 24, signal.SIGKILL, *args).wait(timeout=60)
     (run_dir,) = (p.parent for p in outputs.glob("runs/*/*/*/run.json"))
-    killed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert killed["global_step"] < 45  # interrupted before the schedule ended
+    killed = step_of(run_dir / "checkpoints" / "last.ckpt")
+    assert killed < 45 and killed % 20  # mid-epoch, before the schedule ended
     resumed = run_cli("train", f"paths.outputs={outputs}", *args, "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     (ref,) = (tmp_path / "a").glob("runs/*/*/*/checkpoints/last.ckpt")
