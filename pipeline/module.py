@@ -73,6 +73,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def build_optimizer(model: nn.Module, o: OptimConfig, fused: bool = True) -> torch.optim.Optimizer:
+    """The optimizer over `model`'s trainable parameters, after the model is on its device.
+
+    AdamW is fused where PyTorch has the kernel (CPU, CUDA): one pass over each tensor instead
+    of a dozen small ops, which makes the step of a 124M model several times faster on a CPU.
+    """
+    groups = param_groups(model, o.weight_decay)
+    if o.name == "adamw":
+        devices = {p.device.type for group in groups for p in group["params"]}
+        fused = fused and devices <= {"cpu", "cuda"}
+        return torch.optim.AdamW(
+            groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=True if fused else None
+        )
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+
+
 class GPTLightningModule(pl.LightningModule):
     def __init__(self, model: nn.Module, optim: OptimConfig):
         """`model`: our GPTModel or an HFModel; both map input_ids to logits."""
@@ -165,11 +181,10 @@ class GPTLightningModule(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        groups = param_groups(self.model, o.weight_decay)
-        if o.name == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
-        else:
-            optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+        # Lightning's mixed-precision plugin refuses gradient clipping with an optimizer that
+        # could unscale gradients itself, as the fused AdamW could.
+        mixed = str(self.trainer.precision).endswith("-mixed")
+        optimizer = build_optimizer(self.model, o, fused=not (mixed and o.gradient_clip_val))
         total = int(self.trainer.estimated_stepping_batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(o.warmup_steps, total, o.scheduler, o.min_lr_ratio)

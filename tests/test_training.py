@@ -87,3 +87,26 @@ def test_resume_refuses_a_checkpoint_outside_a_run_folder(tmp_path: Path) -> Non
         locate_resume(str(stray), tmp_path, "gpt-finetune")
     with pytest.raises(UserError, match="resume=auto found no unfinished run"):
         locate_resume("auto", tmp_path, "gpt-finetune")
+
+
+def test_adamw_is_fused_and_steps_like_the_loop_version() -> None:
+    from pipeline.config import OptimConfig
+    from pipeline.module import build_optimizer
+
+    o = OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1, batch_size=8)
+    torch.manual_seed(0)
+    fused_model = GPTModel(GPTConfig(50, 16, 16, 2, 1))
+    loop_model = GPTModel(GPTConfig(50, 16, 16, 2, 1))
+    loop_model.load_state_dict(fused_model.state_dict())
+    start = fused_model.tok_emb.weight.detach().clone()
+    fused, loop = build_optimizer(fused_model, o), build_optimizer(loop_model, o, fused=False)
+    assert fused.defaults["fused"] is True and not loop.defaults["fused"]
+    ids = torch.randint(0, 50, (2, 8))
+    for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+        for _ in range(3):
+            model(ids).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fused_model.tok_emb.weight, start)
