@@ -23,7 +23,7 @@ CONFIGS = ["ours-full", "ours-lora", "hf-full", "hf-lora"]
 # (vocab, context, emb, heads, layers), batch, seq, warmup, steps, rounds
 SIZES = {
     "smoke": ((256, 64, 64, 2, 2), 2, 32, 1, 2, 1),
-    "quick": ((8192, 256, 256, 4, 4), 4, 128, 1, 3, 2),
+    "quick": ((8192, 256, 256, 4, 4), 4, 128, 1, 3, 1),
     "full": ((8192, 256, 512, 8, 8), 4, 256, 1, 4, 2),
 }
 

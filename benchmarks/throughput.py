@@ -43,7 +43,7 @@ class Size:
 
 SIZES = {
     "smoke": ([Size("gpt-tiny", 256, 2, 32, 1, 2, True)], 2, 256),
-    "quick": ([Size("gpt-mini", 8192, 16, 128, 2, 6, True)], 3, 1024),
+    "quick": ([Size("gpt-mini", 8192, 8, 128, 1, 4, True)], 3, 1024),
     "full": (
         [
             Size("gpt2-small", 50257, 4, 128, 1, 3, True),

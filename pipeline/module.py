@@ -179,12 +179,22 @@ class GPTLightningModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        if gradient_clip_val and self.trainer.precision == "bf16-mixed":
+            # bf16 gradients need no unscaling, yet Lightning's mixed-precision plugin refuses to
+            # clip for any fused optimizer; clip by norm here (the only algorithm configured).
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         o = self.optim
-        # Lightning's mixed-precision plugin refuses gradient clipping with an optimizer that
-        # could unscale gradients itself, as the fused AdamW could.
-        mixed = str(self.trainer.precision).endswith("-mixed")
-        optimizer = build_optimizer(self.model, o, fused=not (mixed and o.gradient_clip_val))
+        # 16-mixed clips gradients after its scaler unscales them, which Lightning leaves to a
+        # fused optimizer: clipping would see scaled gradients.
+        scaled = self.trainer.precision == "16-mixed" and bool(o.gradient_clip_val)
+        optimizer = build_optimizer(self.model, o, fused=not scaled)
         total = int(self.trainer.estimated_stepping_batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(o.warmup_steps, total, o.scheduler, o.min_lr_ratio)

@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -110,3 +111,34 @@ def test_adamw_is_fused_and_steps_like_the_loop_version() -> None:
     for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(fused_model.tok_emb.weight, start)
+
+
+def test_bf16_mixed_clips_the_fused_optimizer_s_gradients(tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from pipeline.config import OptimConfig
+    from pipeline.data import Collator
+    from pipeline.module import GPTLightningModule
+
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(50, 16, 16, 2, 1))
+    o = OptimConfig(name="adamw", lr=1e-3, weight_decay=0.1, batch_size=4)
+    module = GPTLightningModule(model, o)
+    rows = [(torch.randint(0, 50, (9,)).tolist(), None) for _ in range(4)]
+    loader = DataLoader(rows, batch_size=4, collate_fn=Collator("causal_lm", 0, False))
+    trainer = pl.Trainer(
+        precision="bf16-mixed",
+        gradient_clip_val=1e-3,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, loader)
+    assert trainer.optimizers[0].defaults["fused"] is True
+    # The last step's gradients stay in place: clipped to the norm asked for.
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert norm.item() == pytest.approx(1e-3, rel=1e-3)
