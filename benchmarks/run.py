@@ -134,9 +134,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
     parser.add_argument("--outputs", type=Path, default=PROJECT_ROOT / "outputs")
     args = parser.parse_args(argv)
+    # Lightning's hints would bury the figures (its import sets the level, so import it first).
+    import pytorch_lightning  # noqa: F401
+
     from benchmarks.common import Context
 
-    # Lightning's model summaries and hints would bury the figures.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
 
