@@ -119,8 +119,73 @@ class LoraConfig(_Group):
         return self.name != "none"
 
 
+class MeasureConfig(_Group):
+    """What sparsity is measured besides the weights' (logged to MLflow)."""
+
+    # Per block: the fraction of exact zeros after the activation (ReLU), and of |x| < eps.
+    activations: bool = False
+    activation_eps: float = Field(default=1e-2, gt=0.0)
+    # Per targeted layer: the fraction of gradient entries with |g| < threshold.
+    gradients: bool = False
+    gradient_threshold: float = Field(default=1e-6, gt=0.0)
+
+
+# A schedule step: an optimizer step count, or a float in (0, 1], a fraction of all the run's
+# optimizer steps (so that one preset serves any data size).
+Step = int | float
+
+
 class SparsityConfig(_Group):
-    name: Literal["none"]
+    """Which weights are pruned, how they are chosen, and when (see pipeline/sparsity/)."""
+
+    name: str
+    # none | magnitude: smallest |W| | wanda: smallest |W| * ||X|| per output row, from
+    # calibration samples | rigl: magnitude, then drop-and-grow by gradient during training.
+    method: Literal["none", "magnitude", "wanda", "rigl"] = "none"
+    # unstructured | "N:M" (at most N non-zeros in every M consecutive inputs, e.g. 2:4) |
+    # structured (whole units, see `structure`).
+    pattern: str = Field(default="unstructured", pattern=r"^(unstructured|structured|\d+:\d+)$")
+    structure: Literal["ffn_neurons", "heads"] = "ffn_neurons"
+    # attention | all-linear (every Linear but the output head) | module name patterns.
+    target_modules: str | list[str] = "all-linear"
+    # layer: every targeted layer at the same sparsity | global: one ranking over all of them.
+    scope: Literal["layer", "global"] = "layer"
+    max_layer_sparsity: float | None = Field(default=None, gt=0.0, le=1.0)
+    initial: float = Field(default=0.0, ge=0.0, lt=1.0)
+    final: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # oneshot at start_step | gradual: cubic from initial to final between start_step and
+    # end_step every `frequency` steps | staged: the sparsities of `stages` at their steps.
+    schedule: Literal["oneshot", "gradual", "staged"] = "oneshot"
+    start_step: Step = Field(default=0, ge=0)
+    end_step: Step = Field(default=1.0, ge=0)
+    frequency: int = Field(default=100, gt=0)
+    stages: list[tuple[Step, float]] = []
+    # lambda * sum|W| over the targeted weights, added to the loss.
+    l1_lambda: float = Field(default=0.0, ge=0.0)
+    # rigl: the fraction of non-zeros dropped (and regrown) at the first update, cosine-decayed.
+    drop_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    # wanda: training examples whose activations score the weights.
+    calibration_samples: int = Field(default=128, gt=0)
+    # 2:4 weights as torch's semi-structured sparse tensors for inference (CUDA, sm >= 8.0).
+    accelerate: bool = False
+    measure: MeasureConfig = MeasureConfig()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether weights are pruned or penalised."""
+        return self.method != "none" or self.l1_lambda > 0
+
+    @property
+    def active(self) -> bool:
+        """Whether the run needs the sparsity callback (pruning or measuring)."""
+        return self.enabled or self.measure.activations or self.measure.gradients
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        if ":" not in self.pattern:
+            return None
+        n, m = self.pattern.split(":")
+        return int(n), int(m)
 
 
 class CheckpointConfig(_Group):
@@ -263,6 +328,7 @@ def _check_consistency(cfg: AppConfig) -> None:
                 raise _fail(
                     "lora.target_modules", pattern, f"a regular expression ({exc})"
                 ) from None
+    _check_sparsity(cfg.sparsity)
     if m.arch == "gpt" and m.emb_dim % m.n_heads:
         divisors = [h for h in range(1, min(m.emb_dim, 64) + 1) if m.emb_dim % h == 0]
         raise _fail(
@@ -324,6 +390,50 @@ def _check_consistency(cfg: AppConfig) -> None:
             "best",
             "'last' or 'none' when trainer.checkpoint.save_top_k=0 (no best checkpoint is kept)",
         )
+
+
+def _check_sparsity(s: SparsityConfig) -> None:
+    if s.nm is not None:
+        n, m = s.nm
+        if not 0 < n < m:
+            raise _fail("sparsity.pattern", s.pattern, "N:M with 0 < N < M, e.g. 2:4 or 4:8")
+        if s.method == "rigl":
+            raise _fail("sparsity.pattern", s.pattern, "unstructured or structured with rigl")
+    if s.method == "none":
+        return
+    if s.pattern == "structured" and s.method != "magnitude":
+        raise _fail("sparsity.method", s.method, "magnitude for structured pruning")
+    if s.schedule == "staged":
+        if not s.stages:
+            raise _fail(
+                "sparsity.stages", [], "a list of [step, sparsity] pairs, e.g. [[100, 0.3]]"
+            )
+        levels = [level for _, level in s.stages]
+        if levels != sorted(levels) or not all(0.0 <= v < 1.0 for v in levels):
+            raise _fail("sparsity.stages", s.stages, "sparsities in [0, 1), non-decreasing")
+    elif s.nm is None and s.final == 0.0:
+        raise _fail("sparsity.final", 0.0, f"a target sparsity in (0, 1) for method={s.method}")
+    if s.schedule == "gradual" and s.initial > s.final:
+        raise _fail("sparsity.initial", s.initial, f"at most sparsity.final ({s.final})")
+    if s.schedule != "staged" and s.nm is not None and s.schedule != "oneshot":
+        raise _fail("sparsity.schedule", s.schedule, "oneshot for an N:M pattern")
+    steps = [s.start_step, s.end_step, *(step for step, _ in s.stages)]
+    for step in steps:
+        if isinstance(step, float) and not 0.0 <= step <= 1.0:
+            raise _fail("sparsity.start_step", step, "a step count, or a fraction in [0, 1]")
+    spans = s.schedule == "gradual" or s.method == "rigl"
+    if spans and type(s.start_step) is type(s.end_step) and s.start_step >= s.end_step:
+        raise _fail("sparsity.end_step", s.end_step, f"after start_step ({s.start_step})")
+    if s.max_layer_sparsity is not None and s.scope == "global":
+        top = max([s.final, *(level for _, level in s.stages)])
+        if s.max_layer_sparsity < top:
+            raise _fail(
+                "sparsity.max_layer_sparsity",
+                s.max_layer_sparsity,
+                f"at least the target sparsity ({top}), or no global count can be met",
+            )
+    if s.accelerate and s.nm != (2, 4):
+        raise _fail("sparsity.accelerate", True, "only with sparsity.pattern=2:4")
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

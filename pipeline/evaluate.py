@@ -48,7 +48,10 @@ def evaluate(trained, data: DataConfig, seed: int, split: str, cfg: AppConfig) -
     bundle.splits["test"] = bundle.splits[split]
     batch = cfg.optim.eval_batch_size or cfg.optim.batch_size
     datamodule = TextDataModule(bundle, batch, batch, seed, data.num_workers)
-    module = GPTLightningModule(trained.model, cfg.optim)
+    model = trained.model
+    if cfg.sparsity.accelerate:
+        model = _semi_structured(trained)
+    module = GPTLightningModule(model, cfg.optim)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -59,6 +62,20 @@ def evaluate(trained, data: DataConfig, seed: int, split: str, cfg: AppConfig) -
     )
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     return {k.replace("test/", f"{split}/"): round(float(v), 6) for k, v in results.items()}
+
+
+def _semi_structured(trained):
+    """The model in fp16 on the GPU with its 2:4 layers on sparse tensor cores."""
+    from pipeline.errors import UserError
+    from pipeline.sparsity.accelerate import accelerated
+
+    if not trained.masks:
+        raise UserError(
+            "sparsity.accelerate=true needs a model pruned to 2:4 by this pipeline (its masks "
+            "name the 2:4 layers), and this checkpoint has no sparsity masks. Evaluate a "
+            "checkpoint of a sparsity=nm_2_4 run."
+        )
+    return accelerated(trained.model, [name.removesuffix(".weight") for name in trained.masks])
 
 
 @hydra_command("evaluate")

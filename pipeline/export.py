@@ -37,7 +37,7 @@ def export_trained(
     max_shard_bytes = max_shard_bytes or MAX_SHARD_BYTES
     model = trained.model.eval()
     lora = is_lora(model)
-    merged = functools.cache(lambda: plain_copy(model, merge=True) if lora else model)
+    merged = functools.cache(lambda: _merged(model, trained.masks) if lora else model)
     base = functools.cache(lambda: plain_copy(model, merge=False) if lora else model)
 
     def save_hf_layout(m, target: Path) -> None:
@@ -76,6 +76,19 @@ def export_trained(
             atomic_write(target / "model.onnx", lambda tmp: export_onnx(merged(), tmp))
         written[fmt] = target
     return written
+
+
+def _merged(model, masks):
+    """LoRA merged into the weights, re-masked: (W + BA) * M, or the merge would fill the
+    pruned entries with the dense update."""
+    from pipeline.lora import plain_copy
+
+    merged = plain_copy(model, merge=True)
+    if masks:
+        from pipeline.sparsity.targets import apply_masks
+
+        apply_masks(merged, masks)
+    return merged
 
 
 def export_onnx(model, path: Path) -> None:

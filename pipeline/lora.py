@@ -55,28 +55,29 @@ def _shapes(names: list[str]) -> str:
     return ", ".join(dict.fromkeys(re.sub(r"\.\d+\.", ".N.", name) for name in names))
 
 
-def resolve_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
-    """The exact module names lora.target_modules selects; a pattern that selects nothing is an
-    error that lists the modules that exist."""
+def resolve_targets(
+    model: nn.Module, spec: str | list[str], key: str = "lora.target_modules"
+) -> list[str]:
+    """The exact module names `spec` selects (attention, all-linear, or name patterns); a
+    pattern that selects nothing is an error that lists the modules that exist."""
     names = linear_modules(model)
-    if cfg.target_modules == "attention":
+    if spec == "attention":
         chosen = [n for n in names if _ATTENTION_PARENT.search(n.rpartition(".")[0])]
-    elif cfg.target_modules == "all-linear":
+    elif spec == "all-linear":
         chosen = names
     else:
-        patterns = cfg.target_modules
-        patterns = [patterns] if isinstance(patterns, str) else patterns
+        patterns = [spec] if isinstance(spec, str) else spec
         for pattern in patterns:
             if not any(re.search(pattern, n) for n in names):
                 raise UserError(
-                    f"Config error: lora.target_modules pattern {pattern!r} matches no module. "
+                    f"Config error: {key} pattern {pattern!r} matches no module. "
                     f"The Linear modules of this model are: {_shapes(names)}. Use one of these "
-                    "names, or lora.target_modules=attention / all-linear."
+                    f"names, or {key}=attention / all-linear."
                 )
         chosen = [n for n in names if any(re.search(p, n) for p in patterns)]
     if not chosen:
         raise UserError(
-            f"Config error: lora.target_modules={cfg.target_modules!r} selects no module. The "
+            f"Config error: {key}={spec!r} selects no module. The "
             f"Linear modules of this model are: {_shapes(names)}."
         )
     return chosen
@@ -117,7 +118,7 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     warnings.filterwarnings(
         "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
     )
-    targets = resolve_targets(model, cfg)
+    targets = resolve_targets(model, cfg.target_modules)
     head = _head(model)
     save = cfg.modules_to_save if cfg.modules_to_save is not None else ([head] if head else None)
     if hasattr(model, "hf"):

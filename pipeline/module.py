@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -90,11 +91,18 @@ def build_optimizer(model: nn.Module, o: OptimConfig, fused: bool = True) -> tor
 
 
 class GPTLightningModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, optim: OptimConfig):
-        """`model`: our GPTModel or an HFModel; both map input_ids to logits."""
+    def __init__(
+        self,
+        model: nn.Module,
+        optim: OptimConfig,
+        penalty: Callable[[], torch.Tensor] | None = None,
+    ):
+        """`model`: our GPTModel or an HFModel; both map input_ids to logits. `penalty`: a
+        regulariser added to the training loss (sparsity's L1)."""
         super().__init__()
         self.model = model
         self.optim = optim
+        self.penalty = penalty
         self.is_lm = model.is_lm
         self.binary = model.n_outputs == 1
         self.metrics = nn.ModuleDict(
@@ -133,6 +141,10 @@ class GPTLightningModule(pl.LightningModule):
             accuracy = (self._predict(pooled) == batch["labels"].long()).float().mean()
             self.log("train/acc", accuracy, on_step=True, on_epoch=True, batch_size=size)
         self._window_tokens += batch["n_tokens"]
+        if self.penalty is not None:
+            penalty = self.penalty()
+            self.log("train/l1_penalty", penalty, on_step=True, batch_size=size)
+            loss = loss + penalty
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

@@ -26,6 +26,7 @@ from pipeline.model.weights import (
 from pipeline.tokenizer import TextTokenizer
 
 CHECKPOINT_KEY = "pipeline"  # where our metadata lives inside a Lightning checkpoint
+SPARSITY_KEY = "sparsity"  # masks (pipeline.sparsity.callback)
 
 
 @dataclass
@@ -39,6 +40,10 @@ class Trained:
     lora: dict[str, Any] | None = None
     # For LoRA on pretrained weights: their path. Checkpoints then hold only what trains.
     base: str | None = None
+    # Sparsity: keep-masks by parameter name (exports re-apply them after merging LoRA), and the
+    # layers they target.
+    masks: dict[str, torch.Tensor] | None = None
+    sparse_layers: list[str] = field(default_factory=list)
 
     @property
     def task(self) -> str:
@@ -125,7 +130,13 @@ def trained_from_checkpoint(ckpt: dict[str, Any], path: Path) -> Trained:
         trainable = [k for k, p in model.named_parameters() if p.requires_grad and k in missing]
         if trainable:
             raise UserError(f"{path} lacks trained weights: {', '.join(trainable[:4])}.")
-    return Trained(model, tokenizer, labels, config, meta.get("lora"), base)
+    masks = (ckpt.get(SPARSITY_KEY) or {}).get("masks") or None
+    if masks:
+        # LoRA checkpoints on pretrained weights load the dense base file.
+        from pipeline.sparsity.targets import apply_masks
+
+        apply_masks(model, masks)
+    return Trained(model, tokenizer, labels, config, meta.get("lora"), base, masks)
 
 
 def _base_model(meta: dict, base: str, tokenizer: TextTokenizer | None, labels: list[str]):

@@ -19,7 +19,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from pipeline import tracking
 from pipeline.config import AppConfig
-from pipeline.data import DataBundle, TextDataModule, build_data
+from pipeline.data import Collator, DataBundle, TextDataModule, build_data
 from pipeline.errors import UserError
 from pipeline.export import export_trained
 from pipeline.model.gpt import GPTConfig, GPTModel
@@ -114,20 +114,28 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def build_trainer(
-    cfg: AppConfig, run_dir: Path, logger: Any, trained: Trained, has_val: bool
+    cfg: AppConfig,
+    run_dir: Path,
+    logger: Any,
+    trained: Trained,
+    has_val: bool,
+    extra: list[pl.Callback],
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
     t, c = cfg.trainer, cfg.trainer.checkpoint
-    monitor = c.monitor if has_val else None
+    # A pruning schedule makes earlier, denser checkpoints look best on validation: with
+    # sparsity the run's result is its last checkpoint.
+    monitor = c.monitor if has_val and not cfg.sparsity.enabled else None
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch={epoch}-step={step}",
         auto_insert_metric_name=False,
         monitor=monitor,
         mode=c.mode,
-        save_top_k=c.save_top_k if monitor else 1,
+        # Without a monitor Lightning keeps the latest one, or every one (-1).
+        save_top_k=c.save_top_k if monitor or c.save_top_k == -1 else 1,
         save_last=c.save_last,
     )
-    callbacks: list[pl.Callback] = [checkpoint, _CheckpointExtras(trained)]
+    callbacks: list[pl.Callback] = [checkpoint, _CheckpointExtras(trained), *extra]
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
     try:
@@ -168,12 +176,21 @@ def check_devices(cfg: AppConfig) -> None:
             "device. Use trainer=cpu (or trainer.accelerator=auto); python -m pipeline.doctor "
             "shows what this machine offers."
         )
+    if cfg.sparsity.accelerate:
+        from pipeline.sparsity.accelerate import check_semi_structured
+
+        check_semi_structured()
 
 
 def build_model(cfg: AppConfig) -> tuple[Trained, DataBundle]:
     """Data, tokenizer and the model (pretrained weights loaded when model.init_from is set),
-    with LoRA adapters when a lora preset is chosen."""
+    with LoRA adapters when a lora preset is chosen. The layers sparsity targets are resolved
+    first, on the model without adapters (`Trained.sparse_layers`)."""
     trained, bundle = build_hf_model(cfg) if cfg.model.arch == "hf" else build_gpt_model(cfg)
+    if cfg.sparsity.active:
+        from pipeline.sparsity.targets import target_layers
+
+        trained.sparse_layers = target_layers(trained.model, cfg.sparsity.target_modules)
     if cfg.lora.enabled:
         from pipeline.lora import apply_lora
 
@@ -275,8 +292,11 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
     failed = True
     try:
         has_val = bool(bundle.splits["val"].ids)
-        trainer, checkpoint = build_trainer(cfg, run_dir, logger, trained, has_val)
-        module = GPTLightningModule(trained.model, cfg.optim)
+        sparsity = sparsity_callback(cfg, trained, bundle, run_dir)
+        extra = [sparsity] if sparsity else []
+        trainer, checkpoint = build_trainer(cfg, run_dir, logger, trained, has_val, extra)
+        penalty = sparsity.pruner.penalty if sparsity and cfg.sparsity.l1_lambda else None
+        module = GPTLightningModule(trained.model, cfg.optim, penalty)
         # LoRA checkpoints on pretrained weights hold only what trains (see restore.py).
         module.strict_loading = trained.base is None
         if cfg.trainer.compile:
@@ -299,6 +319,9 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
             state = state["state_dict"]
             module.load_state_dict(state, strict=module.strict_loading)
+        if sparsity:
+            trained.masks = sparsity.pruner.state() or None
+            record["sparsity"] = sparsity.report
         if bundle.splits["test"].ids:
             trainer.test(module, datamodule=datamodule, verbose=False)
         record["metrics"] = {**fit_metrics, **_final_metrics(trainer)}
@@ -396,9 +419,36 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def sparsity_callback(cfg: AppConfig, trained: Trained, bundle: DataBundle, run_dir: Path):
+    """The callback that prunes and measures, when the sparsity config asks for either."""
+    if not cfg.sparsity.active:
+        return None
+    from pipeline.sparsity.callback import SparsityCallback
+
+    calibration = None
+    if cfg.sparsity.method == "wanda":
+        calibration = calibration_batch(bundle, cfg.sparsity.calibration_samples, cfg.seed)
+    return SparsityCallback(
+        cfg.sparsity, trained.model, trained.sparse_layers, calibration, run_dir / "sparsity"
+    )
+
+
+def calibration_batch(bundle: DataBundle, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n training examples drawn with the run's seed (the same on every rank): ids, lengths."""
+    ids = bundle.splits["train"].ids
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))
+    batch = Collator("causal_lm", bundle.tokenizer.pad_id, False)(
+        [(ids[i], None) for i in order[:n].tolist()]
+    )
+    return batch["input_ids"], batch["lengths"]
+
+
 def _artifacts(cfg: AppConfig, record: dict[str, Any]) -> dict[str, Path]:
     paths = record["paths"]
     artifacts = {f"export/{fmt}": Path(p) for fmt, p in paths["exports"].items()}
+    report = Path(paths["run_dir"]) / "sparsity"
+    if report.is_dir():
+        artifacts["sparsity"] = report
     chosen = {"best": paths["best_checkpoint"], "last": paths["last_checkpoint"]}.get(
         cfg.logger.log_checkpoint
     )
