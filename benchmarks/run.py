@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ["throughput", "startup", "lora", "checkpoint", "tracking", "gpu"]
+BENCHMARKS = ["throughput", "startup", "lora", "checkpoint", "tracking", "sparsity", "gpu"]
 EXPERIMENT = "benchmarks"
 
 
