@@ -148,7 +148,7 @@ def pipeline_segment(
         tracked = tracking.start_run(cfg.logger, outputs, cfg.model_dump(mode="json"), run_dir)
         logger = tracking.BatchedMLflowLogger(tracked)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    trainer, _ = build_trainer(cfg, run_dir, logger, Trained(model, None), has_val=False)
+    trainer, _ = build_trainer(cfg, run_dir, logger, Trained(model, None), False, [])
     ends: list[float] = []
     clock = pl.Callback()
     clock.on_train_batch_end = lambda *args: ends.append(time.perf_counter())
