@@ -28,7 +28,6 @@ class Context:
 
     mode: str  # smoke (the test's tiny sizes), quick, full
     workdir: Path  # scratch space, deleted after the run
-    device: str  # cpu or cuda
 
     def pick(self, sizes: dict[str, Any]) -> Any:
         """The entry of a {mode: value} table for this run's mode."""
@@ -176,13 +175,12 @@ def plain_segment(
     loader: DataLoader,
     cfg: AppConfig,
     warmup: int,
-    device: str = "cpu",
 ) -> float:
     """Seconds per step of a hand-written loop doing the same work as the pipeline's step:
     forward, loss, backward, gradient clipping, the same optimizer and lr schedule."""
     from pipeline.module import build_optimizer, lm_loss, lr_lambda
 
-    model.train().to(device)
+    model.train()
     o = cfg.optim
     optimizer = build_optimizer(model, o)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -190,15 +188,12 @@ def plain_segment(
     )
     ends = []
     for batch in loader:
-        logits = forward(batch["input_ids"].to(device, non_blocking=True))
-        loss = lm_loss(logits, batch["targets"].to(device, non_blocking=True))
+        loss = lm_loss(forward(batch["input_ids"]), batch["targets"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.gradient_clip_val)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
         ends.append(time.perf_counter())
     return seconds_per_step(ends, warmup)
 

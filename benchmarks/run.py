@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for name in args.only or BENCHMARKS:
             module = importlib.import_module(f"benchmarks.{name}")
-            ctx = Context(mode, workdir / name, "cpu")
+            ctx = Context(mode, workdir / name)
             ctx.workdir.mkdir()
             print(f"== {name}: {module.TITLE}", flush=True)
             start = time.perf_counter()
@@ -190,4 +189,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
