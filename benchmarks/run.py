@@ -54,8 +54,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"# Benchmarks, {results['date']} ({results['mode']} mode)",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
-        f"torch {m['torch']}, GPU: {m['gpu'] or 'none'}. Each figure: median of n repeats "
-        "(min, max), repeats interleaved with the cases they are compared with.",
+        f"torch {m['torch']}, GPU: {m['gpu'] or 'none'}. Load average (1 min) at the start "
+        f"{results['load'][0]:.1f}, at the end {results['load'][1]:.1f}. Each figure: median of n "
+        "repeats (min, max), repeats interleaved with the cases they are compared with.",
     ]
     for name, bench in results["benchmarks"].items():
         lines += ["", f"## {bench['title']} (`{name}`, {bench['seconds']:.0f} s)", ""]
@@ -74,7 +75,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {f['name']} | {_fmt(f['median'])} | {_fmt(f['min'])} | {_fmt(f['max'])} "
                 f"| {f['unit']} | {f['n']} | {target} |"
             )
-        lines += [f"\n- {f['name']}: {f['note']}" for f in bench["figures"] if f.get("note")]
+        notes = [f"- {f['name']}: {f['note']}" for f in bench["figures"] if f.get("note")]
+        lines += ["", *notes] if notes else []
     return "\n".join(lines) + "\n"
 
 
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     started = datetime.now(timezone.utc)
+    load_at_start = os.getloadavg()[0]
     results: dict[str, Any] = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "mode": mode,
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["seconds"] = (datetime.now(timezone.utc) - started).total_seconds()
+    # Other programs' load: figures of a busy machine are slower, their ratios hold better.
+    results["load"] = [load_at_start, os.getloadavg()[0]]
     folder = args.outputs / "bench" / started.strftime("%Y-%m-%d")
     files = [
         write_json(folder / "results.json", results),
