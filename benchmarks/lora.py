@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.common import Context, Figure, interleave, ratios
 
@@ -55,6 +56,15 @@ def build(name: str, shape: tuple[int, ...]):
     return model, forward
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries it over
+    from the parent across fork and exec, so a child would report the runner's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(name: str, mode: str) -> dict:
     """One configuration in this process: median step time and peak memory."""
     import torch
@@ -68,7 +78,7 @@ def child(name: str, mode: str) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(0, shape[0], (batch, seq + 1), device=device)
-    rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_built = peak_rss_mb()
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -81,13 +91,13 @@ def child(name: str, mode: str) -> dict:
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_mb()
     return {
         "trainable": sum(p.numel() for p in params),
         "total": sum(p.numel() for p in model.parameters()),
         "step_s": statistics.median(times),
-        "peak_mb": (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak / 1024),
-        "train_mem_mb": (peak - rss_built) / 1024,
+        "peak_mb": (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak),
+        "train_mem_mb": peak - rss_built,
         "device": device,
     }
 
