@@ -14,7 +14,7 @@ OUTPUTS := $(CURDIR)/outputs
 STORE := sqlite:///$(OUTPUTS)/mlflow.db
 PORT ?= 5000
 
-.PHONY: install train test sweep ui server bench lint format clean
+.PHONY: install train test sweep search ui server bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: $(STAMP)
 sweep: $(STAMP)
 	$(PY) -m pipeline.train -m $(or $(ARGS),$(SWEEP_GRID))
 
+# A Bayesian search (conf/hparams_search/$(SEARCH).yaml); ARGS adds overrides for every trial.
+SEARCH ?= optim
+search: $(STAMP)
+	$(PY) -m pipeline.train -m hparams_search=$(SEARCH) $(ARGS)
+
 ui: $(STAMP)
 	mkdir -p $(OUTPUTS)/mlartifacts
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(OUTPUTS)/mlartifacts --host 127.0.0.1 --port $(PORT)
@@ -49,12 +54,12 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline tests benchmarks
-	$(VENV)/bin/ruff format --check pipeline tests benchmarks
+	$(VENV)/bin/ruff check pipeline tests benchmarks hydra_plugins
+	$(VENV)/bin/ruff format --check pipeline tests benchmarks hydra_plugins
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
-	$(VENV)/bin/ruff format pipeline tests benchmarks
+	$(VENV)/bin/ruff check --fix pipeline tests benchmarks hydra_plugins
+	$(VENV)/bin/ruff format pipeline tests benchmarks hydra_plugins
 
 clean:
-	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/multirun $(OUTPUTS)/evaluate $(OUTPUTS)/data $(OUTPUTS)/mlartifacts $(OUTPUTS)/mlflow.db .pytest_cache
+	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/multirun $(OUTPUTS)/evaluate $(OUTPUTS)/data $(OUTPUTS)/mlartifacts $(OUTPUTS)/mlflow.db $(OUTPUTS)/search $(OUTPUTS)/optuna.db .pytest_cache

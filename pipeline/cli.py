@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import CONF_DIR, PROJECT_ROOT, AppConfig, validate
-from pipeline.errors import UserError
+from pipeline.errors import TrialPruned, UserError
 from pipeline.files import write_json
 
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
@@ -36,6 +36,10 @@ def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Ca
             _quiet_lightning()
             try:
                 return fn(validate(cfg))
+            except TrialPruned as exc:
+                # Not a failure: the search's pruner stopped this trial (recorded in run.json).
+                print(f"Trial pruned: {exc}", file=sys.stderr)
+                return {"status": "PRUNED", "error": str(exc)}
             except Exception as exc:
                 if _is_multirun():
                     # One failed trial is recorded and the sweep goes on.

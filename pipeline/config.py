@@ -417,10 +417,11 @@ def _check_sparsity(s: SparsityConfig) -> None:
         raise _fail("sparsity.initial", s.initial, f"at most sparsity.final ({s.final})")
     if s.schedule != "staged" and s.nm is not None and s.schedule != "oneshot":
         raise _fail("sparsity.schedule", s.schedule, "oneshot for an N:M pattern")
-    steps = [s.start_step, s.end_step, *(step for step, _ in s.stages)]
-    for step in steps:
+    steps = [("start_step", s.start_step), ("end_step", s.end_step)]
+    steps += [("stages", step) for step, _ in s.stages]
+    for key, step in steps:
         if isinstance(step, float) and not 0.0 <= step <= 1.0:
-            raise _fail("sparsity.start_step", step, "a step count, or a fraction in [0, 1]")
+            raise _fail(f"sparsity.{key}", step, "a step count, or a fraction in [0, 1]")
     spans = s.schedule == "gradual" or s.method == "rigl"
     if spans and type(s.start_step) is type(s.end_step) and s.start_step >= s.end_step:
         raise _fail("sparsity.end_step", s.end_step, f"after start_step ({s.start_step})")

@@ -6,3 +6,7 @@ class UserError(Exception):
 
     The message is one short paragraph that names the problem and the fix.
     """
+
+
+class TrialPruned(Exception):
+    """A search trial stopped early by the pruner: recorded as PRUNED, not as a failure."""

@@ -40,13 +40,14 @@ def _peft_root(model: nn.Module) -> nn.Module:
     return getattr(model, "hf", model)
 
 
-def linear_modules(model: nn.Module) -> list[str]:
-    """Names of the Linear (and transformers' Conv1D) layers, output heads excluded."""
+def linear_modules(model: nn.Module, heads: bool = False) -> list[str]:
+    """Names of the Linear (and transformers' Conv1D) layers, output heads excluded unless
+    `heads`."""
     return [
         name
         for name, module in _peft_root(model).named_modules()
         if (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D")
-        and name.rsplit(".", 1)[-1] not in _HEADS
+        and (heads or name.rsplit(".", 1)[-1] not in _HEADS)
     ]
 
 
@@ -56,16 +57,18 @@ def _shapes(names: list[str]) -> str:
 
 
 def resolve_targets(
-    model: nn.Module, spec: str | list[str], key: str = "lora.target_modules"
+    model: nn.Module, spec: str | list[str], key: str = "lora.target_modules", heads: bool = False
 ) -> list[str]:
-    """The exact module names `spec` selects (attention, all-linear, or name patterns); a
-    pattern that selects nothing is an error that lists the modules that exist."""
+    """The exact module names `spec` selects (attention, all-linear, or name patterns; with
+    `heads`, patterns may also name an output head); a pattern that selects nothing is an
+    error that lists the modules that exist."""
     names = linear_modules(model)
     if spec == "attention":
         chosen = [n for n in names if _ATTENTION_PARENT.search(n.rpartition(".")[0])]
     elif spec == "all-linear":
         chosen = names
     else:
+        names = linear_modules(model, heads)
         patterns = [spec] if isinstance(spec, str) else spec
         for pattern in patterns:
             if not any(re.search(pattern, n) for n in names):

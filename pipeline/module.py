@@ -174,8 +174,13 @@ class GPTLightningModule(pl.LightningModule):
         values = self.metrics[stage].compute()
         if self.is_lm:
             values["ppl"] = torch.exp(values["loss"].clamp(max=50))
+        # torchmetrics has already reduced the values over the ranks; sync_dist only tells
+        # Lightning so (one all-reduce per validation, nothing on one device).
         self.log_dict(
-            {f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", batch_size=1
+            {f"{stage}/{k}": v for k, v in values.items()},
+            prog_bar=stage == "val",
+            batch_size=1,
+            sync_dist=True,
         )
         self.metrics[stage].reset()
 

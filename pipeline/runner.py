@@ -20,13 +20,15 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pipeline import tracking
 from pipeline.config import AppConfig
 from pipeline.data import Collator, DataBundle, TextDataModule, build_data
-from pipeline.errors import UserError
+from pipeline.distributed import global_rank, weights_digest
+from pipeline.errors import TrialPruned, UserError
 from pipeline.export import export_trained
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.model.weights import load_into
 from pipeline.module import GPTLightningModule
 from pipeline.restore import CHECKPOINT_KEY, Trained, has_tokenizer, load_pretrained
 from pipeline.tokenizer import TextTokenizer
+from pipeline.trial import search_callbacks
 
 
 def gpt_config(cfg: AppConfig, bundle: DataBundle, pretrained: GPTConfig | None) -> GPTConfig:
@@ -136,6 +138,7 @@ def build_trainer(
         save_last=c.save_last,
     )
     callbacks: list[pl.Callback] = [checkpoint, _CheckpointExtras(trained), *extra]
+    callbacks += search_callbacks()
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
     try:
@@ -266,9 +269,13 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         run_dir = resume.run_dir
         print(f"Resuming {run_dir} from {resume.checkpoint.name}.")
     trained.tokenizer.save(run_dir)
+    # Every rank of a data-parallel run gets here; rank 0 alone tracks, exports and writes
+    # run.json, the others leave run.rank<N>.json.
+    rank = global_rank(cfg.trainer.devices)
+    record_name = "run.json" if rank == 0 else f"run.rank{rank}.json"
 
     tracked, logger = None, None
-    if cfg.logger.name == "mlflow":
+    if cfg.logger.name == "mlflow" and rank == 0:
         if resume and resume.record.get("run_id"):
             tracked = tracking.reopen_run(cfg.logger, outputs, resume.record["run_id"])
         else:
@@ -288,8 +295,8 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         "paths": {"run_dir": str(run_dir)},
         "resumed": (resume.record.get("resumed", 0) + 1) if resume else 0,
     }
-    tracking.write_run_json(run_dir, record)
-    failed = True
+    tracking.write_run_json(run_dir, record, record_name)
+    failed, pruned = True, False
     try:
         has_val = bool(bundle.splits["val"].ids)
         sparsity = sparsity_callback(cfg, trained, bundle, run_dir)
@@ -330,7 +337,12 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         if cfg.lora.enabled:
             # A LoRA run always yields its adapter and the merged model.
             formats += [f for f in ("adapter", "merged") if f not in formats]
-        exports = export_trained(trained, formats, export_dir, cfg.export.max_shard_bytes)
+        exports = {}
+        if rank == 0:
+            exports = export_trained(trained, formats, export_dir, cfg.export.max_shard_bytes)
+        if trainer.world_size > 1 and cfg.trainer.strategy.startswith("ddp"):
+            # Replicas that trained in step hold the same weights: run.rank<N>.json shows it.
+            record.update(world_size=trainer.world_size, weights_sha256=weights_digest(module))
         last = run_dir / "checkpoints" / "last.ckpt"
         record["paths"].update(
             best_checkpoint=best,
@@ -341,13 +353,14 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
     except BaseException as exc:
         # Lightning turns Ctrl-C into SystemExit after its graceful shutdown.
         record["error"] = describe_failure(exc)
+        pruned = isinstance(exc, TrialPruned)
         raise
     finally:
-        record["status"] = tracking.run_status(failed)
+        record["status"] = "PRUNED" if pruned else tracking.run_status(failed)
         record["duration_s"] = round(time.time() - started, 1)
         if tracked:
             record["ui_url"] = tracked.ui_url()
-        tracking.write_run_json(run_dir, record)
+        tracking.write_run_json(run_dir, record, record_name)
         if tracked:
             try:
                 logger.finalize(record["status"])
@@ -356,14 +369,14 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
                     artifacts.update(_artifacts(cfg, record))
                 tracking.finish_run(
                     tracked,
-                    record["status"],
+                    tracking.mlflow_status(record["status"]),
                     artifacts,
                     {
                         "model.num_parameters": n_params,
                         "model.trainable_parameters": n_trainable,
                         "model.trainable_fraction": f"{n_trainable / n_params:.6f}",
                     },
-                    {"error": record["error"]} if failed and "error" in record else None,
+                    tracking.failure_tags(record) if failed else None,
                 )
             except Exception as exc:
                 if not failed:
@@ -412,7 +425,7 @@ def locate_resume(resume: str, outputs: Path, experiment: str) -> Resume:
 
 
 def describe_failure(exc: BaseException) -> str:
-    if isinstance(exc, UserError):
+    if isinstance(exc, UserError | TrialPruned):
         return str(exc)
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         return "interrupted (Ctrl-C or a signal) before the run finished"

@@ -12,34 +12,64 @@ import csv
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from pydantic import ValidationError
 
+from pipeline.errors import UserError
 from pipeline.files import atomic_write, write_text
 
 PARENT_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
 
 
+# A sweep folder's parent run, so that a search resumed into the same folder continues it.
+PARENT_FILE = "mlflow_parent_run_id"
+
+
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from pipeline.config import TrainerConfig, to_container
+        from pipeline.distributed import check_multirun
+        from pipeline.search import check_search, is_search
+
+        # Refused before any parent run is created or any trial starts.
+        try:
+            trainer = TrainerConfig.model_validate(to_container(config.trainer))
+        except ValidationError:
+            trainer = None  # each trial reports its own config error
+        try:
+            if trainer is not None:
+                check_multirun(trainer, True, config.hydra.launcher.get("_target_", ""))
+            if is_search(config.hydra.sweeper):
+                check_search(config)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
         if config.logger.name != "mlflow":
             return
         from pipeline.config import LoggerConfig
-        from pipeline.tracking import start_parent_run
+        from pipeline.tracking import reopen_run, start_parent_run
 
-        sweep = {
-            "sweep.overrides": " ".join(config.hydra.overrides.task),
-            "sweep.dir": str(Path(config.hydra.sweep.dir).resolve()),
-        }
+        root = Path(config.hydra.sweep.dir).resolve()
+        sweep = {"sweep.overrides": " ".join(config.hydra.overrides.task), "sweep.dir": str(root)}
+        if is_search(config.hydra.sweeper):
+            sweep["sweep.search"] = OmegaConf.to_yaml(config.hydra.sweeper, resolve=True)
         logger = LoggerConfig.model_validate(OmegaConf.to_container(config.logger, resolve=True))
-        os.environ[PARENT_ENV] = start_parent_run(logger, config.paths.outputs, sweep)
+        known = root / PARENT_FILE
+        if known.is_file():
+            parent = reopen_run(logger, config.paths.outputs, known.read_text().strip()).run_id
+        else:
+            parent = start_parent_run(logger, config.paths.outputs, sweep)
+            write_text(known, parent)
+        os.environ[PARENT_ENV] = parent
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(config.hydra.sweep.dir)
-        metric, mode = config.trainer.checkpoint.monitor, config.trainer.checkpoint.mode
+        metric, mode = objective(config)
         rows = trial_rows(root, metric)
         best = best_trial(rows, mode)
         table = markdown_table(rows, metric, best)
@@ -55,6 +85,17 @@ class SweepSummary(Callback):
                 best = {**best, "params": {k: best["params"][k] for k in _swept(rows)}}
             files = [root / "sweep_summary.md", root / "sweep_summary.csv", plot]
             finish_parent_run(config, parent, best, metric, [f for f in files if f])
+
+
+def objective(config: DictConfig) -> tuple[str, str]:
+    """The metric trials are ranked by and its mode: the search's objective, else the
+    checkpoint monitor."""
+    from pipeline.search import is_search, load_search
+
+    if is_search(config.hydra.sweeper):
+        search = load_search(config.hydra.sweeper)
+        return search.objective, search.mode
+    return config.trainer.checkpoint.monitor, config.trainer.checkpoint.mode
 
 
 def trial_rows(root: Path, metric: str) -> list[dict[str, Any]]:

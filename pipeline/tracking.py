@@ -76,6 +76,39 @@ class TrackedRun:
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
+def _retry_locked(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """SQLite admits one writer at a time. MLflow's busy_timeout covers waiting for the lock,
+    but a transaction that must upgrade a read lock fails at once with 'database is locked'
+    when parallel trials write together; such a write is tried again after a short pause."""
+    for attempt in range(6):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as exc:
+            if "database is locked" not in str(exc) or attempt == 5:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class Client(MlflowClient):
+    """MlflowClient whose writes survive a busy SQLite store (parallel trials)."""
+
+    def create_experiment(self, *args: Any, **kwargs: Any) -> str:
+        return _retry_locked(super().create_experiment, *args, **kwargs)
+
+    def create_run(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().create_run, *args, **kwargs)
+
+    def log_batch(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().log_batch, *args, **kwargs)
+
+    def update_run(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().update_run, *args, **kwargs)
+
+    def set_terminated(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().set_terminated, *args, **kwargs)
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -93,7 +126,7 @@ def start_run(
 ) -> TrackedRun:
     """Create the MLflow run: params (the whole resolved config), tags, config.yaml artifact."""
     uri = resolve_tracking_uri(cfg, outputs)
-    client = MlflowClient(tracking_uri=uri)
+    client = Client(tracking_uri=uri)
     # A local store keeps artifacts under outputs/; a server decides for itself.
     artifact_root = None if uri.startswith("http") else Path(outputs).resolve() / "mlartifacts"
     experiment_id = get_or_create_experiment(client, cfg.experiment_name, artifact_root)
@@ -121,7 +154,7 @@ def start_run(
 
 def start_parent_run(cfg: LoggerConfig, outputs: str | Path, sweep: Mapping[str, str]) -> str:
     """The parent run of a sweep: its definition as params; the trials are its children."""
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg, outputs))
+    client = Client(tracking_uri=resolve_tracking_uri(cfg, outputs))
     artifact_root = None
     if not client.tracking_uri.startswith("http"):
         artifact_root = Path(outputs).resolve() / "mlartifacts"
@@ -143,7 +176,7 @@ def finish_parent_run(
     from pipeline.config import LoggerConfig
 
     cfg = LoggerConfig.model_validate(OmegaConf.to_container(config.logger, resolve=True))
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg, config.paths.outputs))
+    client = Client(tracking_uri=resolve_tracking_uri(cfg, config.paths.outputs))
     for path in files:
         client.log_artifact(run_id, str(path))
     if best is not None:
@@ -162,7 +195,7 @@ def finish_parent_run(
 def reopen_run(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> TrackedRun:
     """An interrupted run, back to RUNNING, to continue logging into it."""
     uri = resolve_tracking_uri(cfg, outputs)
-    client = MlflowClient(tracking_uri=uri)
+    client = Client(tracking_uri=uri)
     run = client.get_run(run_id)
     client.update_run(run_id, status="RUNNING")
     return TrackedRun(client, run_id, run.info.experiment_id, uri)
@@ -269,9 +302,23 @@ class BatchedMLflowLogger(Logger):
         pass
 
 
-def write_run_json(run_dir: Path, record: Mapping[str, Any]) -> Path:
-    return write_json(run_dir / "run.json", dict(record))
+def write_run_json(run_dir: Path, record: Mapping[str, Any], name: str = "run.json") -> Path:
+    return write_json(run_dir / name, dict(record))
 
 
 def run_status(failed: bool) -> str:
     return RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+
+
+def mlflow_status(status: str) -> str:
+    """run.json's status as an MLflow run status: a pruned search trial is KILLED (MLflow has
+    no PRUNED) and tagged `pruned` (failure_tags)."""
+    return RunStatus.to_string(RunStatus.KILLED) if status == "PRUNED" else status
+
+
+def failure_tags(record: Mapping[str, Any]) -> dict[str, str] | None:
+    if "error" not in record:
+        return None
+    if record["status"] == "PRUNED":
+        return {"pruned": "true", "optuna.state": "PRUNED", "error": record["error"]}
+    return {"error": record["error"]}

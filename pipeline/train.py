@@ -12,9 +12,12 @@ from pipeline.config import COMMAND_KEYS, PROJECT_ROOT, AppConfig
 @hydra_command("config")
 def main(cfg: AppConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    from pipeline.distributed import check_multirun, global_rank
     from pipeline.tracking_uri import check_server, default_tracking_uri, resolve_tracking_uri
 
+    check_multirun(cfg.trainer, HydraConfig.get().mode == RunMode.MULTIRUN)
     if cfg.logger.name == "mlflow":
         # Before torch, Lightning and MLflow load: an unreachable server is reported at once.
         check_server(resolve_tracking_uri(cfg.logger, cfg.paths.outputs))
@@ -22,7 +25,10 @@ def main(cfg: AppConfig) -> dict[str, Any]:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     record = train(cfg, cfg.model_dump(mode="json", exclude=COMMAND_KEYS), run_dir)
-    print_summary(record, record["tracking_uri"] == default_tracking_uri(PROJECT_ROOT / "outputs"))
+    if global_rank(cfg.trainer.devices) == 0:
+        print_summary(
+            record, record["tracking_uri"] == default_tracking_uri(PROJECT_ROOT / "outputs")
+        )
     return record["metrics"]
 
 

@@ -400,13 +400,15 @@ def test_sparsity_metrics_and_report_reach_mlflow(tmp_path):
         ("sparsity.final=1.0", "less than 1"),
         ("sparsity.final=-0.1", "greater than or equal to 0"),
         ("sparsity.schedule=staged", "sparsity.stages"),
+        ("sparsity.stages=[[0.5,0.3],[3.0,0.5]]", "sparsity.stages=3.0"),
+        ("sparsity.schedule=staged sparsity.stages=[[10,0.5],[20,0.3]]", "non-decreasing"),
         ("sparsity.accelerate=true", "only with sparsity.pattern=2:4"),
         ("sparsity.target_modules=[nothing_here]", "matches no module"),
     ],
 )
 def test_bad_sparsity_settings_are_refused(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
-        train_in_process(["sparsity=magnitude", override], tmp_path)
+        train_in_process(["sparsity=magnitude", *override.split()], tmp_path)
 
 
 def test_accelerate_needs_cuda_with_sparse_tensor_cores(tmp_path):
@@ -446,3 +448,35 @@ def test_a_hugging_face_llama_prunes_2_4_with_wanda_and_exports_it(tmp_path):
             groups = (module.weight != 0).reshape(module.weight.shape[0], -1, 4).sum(-1)
             assert int(groups.max()) <= 2, name
     assert zeros(reloaded.lm_head.weight) == 0
+
+
+def test_the_output_head_is_pruned_only_when_named():
+    model = GPTModel(SHAPE)
+    assert not any("out_head" in n for n in target_layers(model, "all-linear"))
+    assert target_layers(model, ["out_head", "ff.fc1"]) == [
+        "trf_blocks.0.ff.fc1",
+        "trf_blocks.1.ff.fc1",
+        "out_head",
+    ]
+
+
+def test_rigl_moves_masks_during_training_at_a_constant_count(tmp_path):
+    train_in_process(
+        [
+            "sparsity=rigl",
+            "sparsity.end_step=30",
+            "sparsity.frequency=3",
+            "trainer.max_epochs=2",
+            "trainer.checkpoint.save_top_k=-1",
+            "export.formats=[]",
+        ],
+        tmp_path,
+    )
+    first, last = _checkpoints(tmp_path / "run")
+    moved = 0
+    for name, keep in last["sparsity"]["masks"].items():
+        before = first["sparsity"]["masks"][name]
+        assert int(keep.sum()) == int(before.sum()) == keep.numel() - keep.numel() // 2
+        moved += int((keep & ~before).sum())
+        assert int((last["state_dict"][f"model.{name}"][~keep] != 0).sum()) == 0
+    assert moved > 0  # weights pruned after the first epoch grew back, others were dropped

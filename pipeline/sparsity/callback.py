@@ -69,9 +69,18 @@ class SparsityCallback(pl.Callback):
         if fraction is not None:
             self.pruner.regrow(fraction, self._grads)
             self._grads = {}
+            self._same_on_every_rank()
             self._log({"sparsity/rigl_drop_fraction": fraction})
         self._update(self.step)
         self.pruner.apply(optimizer)
+
+    def _same_on_every_rank(self) -> None:
+        """Every rank computes the same masks from the same weights and all-reduced gradients;
+        rank 0's are sent to all the same, so that a tie broken differently cannot split them."""
+        if self.trainer.world_size > 1:
+            masks = self.trainer.strategy.broadcast(self.pruner.state(), src=0)
+            self.pruner.masks = {n: m.to(self.pruner.params[n].device) for n, m in masks.items()}
+            self.pruner.apply()
 
     def _update(self, step: int) -> None:
         target = self.schedule.target(step)
@@ -82,6 +91,7 @@ class SparsityCallback(pl.Callback):
             ids, lengths = self.calibration
             norms = input_norms(self.pruner.model, self.pruner.layers, ids, lengths)
         self.pruner.prune_to(target, norms)
+        self._same_on_every_rank()
         self.report = self.pruner.report()
         self.history.append((step, self.report["total"]))
         self._log({f"sparsity/{k}": v for k, v in self.report.items()})

@@ -31,11 +31,13 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
 
 def target_layers(model: nn.Module, spec: str | list[str]) -> list[str]:
     """The plain names of the Linear layers `sparsity.target_modules` selects (call before LoRA
-    wraps the model)."""
+    wraps the model). An output head is pruned only when a pattern names it; a tied head is
+    the token embedding, so pruning it prunes both."""
     from pipeline.lora import resolve_targets
 
     prefix = "hf." if hasattr(model, "hf") else ""
-    names = [prefix + n for n in resolve_targets(model, spec, "sparsity.target_modules")]
+    chosen = resolve_targets(model, spec, "sparsity.target_modules", heads=True)
+    names = [prefix + n for n in chosen]
     linear = linear_layers(model)
     other = [n for n in names if n not in linear]
     if other:

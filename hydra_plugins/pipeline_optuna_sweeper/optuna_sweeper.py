@@ -1,0 +1,79 @@
+"""Ask the study for trials, launch them as Hydra jobs (n_jobs at a time, through whichever
+launcher is configured), and tell the study how each ended."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from pipeline import search as s
+from pipeline.errors import UserError
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, **search: Any) -> None:
+        self.search_config = search
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        try:
+            search = s.check_search(self.config)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        import optuna
+
+        store = s.storage(search)
+        study = s.open_study(search, store)
+        if interrupted := s.fail_interrupted(study, store):
+            print(f"Search {search.study_name}: {interrupted} interrupted trial(s) will run again.")
+        space = s.distributions(search)
+        returns: list[JobReturn] = []
+        while (left := search.n_trials - s.trials_done(study)) > 0:
+            trials = [study.ask(space) for _ in range(min(search.n_jobs, left))]
+            batch = [
+                [*arguments, *s.overrides(t.params), f"+hydra.job.env_set.{s.TRIAL_ENV}={t.number}"]
+                for t in trials
+            ]
+            self.validate_batch_is_legal(batch)
+            # Job folders are numbered like the trials: <sweep dir>/<trial number>.
+            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            for trial, result in zip(trials, results, strict=True):
+                state, value = _outcome(result, search.objective)
+                study.tell(trial, value, state=state)
+            returns.extend(results)
+        done = study.get_trials(deepcopy=False)
+        counts = {st.name: sum(t.state == st for t in done) for st in optuna.trial.TrialState}
+        print(
+            f"Search {search.study_name}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        )
+        return returns
+
+
+def _outcome(result: JobReturn, objective: str) -> tuple[Any, float | None]:
+    """The trial's state and objective from what the job returned (pipeline.cli turns a failed
+    or pruned trial into a {"status": ...} dict)."""
+    from optuna.trial import TrialState
+
+    if result.status != JobStatus.COMPLETED or not isinstance(result.return_value, dict):
+        return TrialState.FAIL, None
+    value = result.return_value
+    if value.get("status") == "PRUNED":
+        return TrialState.PRUNED, None
+    if objective not in value:
+        return TrialState.FAIL, None
+    return TrialState.COMPLETE, float(value[objective])

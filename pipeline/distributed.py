@@ -1,0 +1,61 @@
+"""Data-parallel runs: which process this is, and the one combination that cannot work.
+
+Every rank runs the whole command (Lightning's subprocess launcher re-runs it; torchrun and
+srun start it once per rank), so the run folder, MLflow run, exports and run.json are rank 0's
+job; the other ranks only train, and leave run.rank<N>.json to show they agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import TYPE_CHECKING
+
+from pipeline.config import TrainerConfig
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def global_rank(devices_per_node: int | str = 1) -> int:
+    """This process's rank, from the variables torchrun, SLURM or Lightning's launcher set
+    (0 when none is set: a single process, or the process that launches the others)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    local, node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("NODE_RANK", 0))
+    return node * (devices_per_node if isinstance(devices_per_node, int) else 1) + local
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A hash of every parameter's bytes: replicas that trained in step have the same one."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def launched_externally() -> bool:
+    """torchrun or SLURM started one process per rank, so Lightning spawns none."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "SLURM_NTASKS" in os.environ
+
+
+def check_multirun(t: TrainerConfig, multirun: bool, launcher: str = "") -> None:
+    """Lightning's subprocess DDP re-runs the command line in each extra rank; under -m that
+    would start the whole sweep again in every rank. The submitit launcher (SLURM) starts the
+    ranks itself, as torchrun and srun do."""
+    if "submitit" in launcher:
+        return
+    spawns = t.strategy.startswith("ddp") or t.strategy.startswith("fsdp")
+    many = t.devices == "auto" or t.devices > 1 or t.num_nodes > 1
+    if multirun and spawns and many and not launched_externally():
+        raise UserError(
+            f"trainer.strategy={t.strategy} with trainer.devices={t.devices} inside a sweep (-m): "
+            "Lightning would start each extra rank by re-running this command, which re-launches "
+            "the whole sweep in every rank. Give each trial one device (trainer.devices=1; "
+            "hydra/launcher=joblib runs trials side by side), or run the sweep on SLURM with "
+            "hydra/launcher=submitit_slurm and one task per device, where srun starts the ranks "
+            "(see 'Scaling out' in the README)."
+        )

@@ -1,0 +1,204 @@
+"""Bayesian search (hparams_search=...): Optuna TPE trials as MLflow children of one parent,
+pruned trials recorded as such, a resumed study, parallel trials into one SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import UserError
+from pipeline.search import distributions, load_search, overrides
+from tests.conftest import TINY, run_cli
+
+# A search a user would write in conf/hparams_search/; the tests add it through hydra.searchpath.
+# lr 1e-7 barely moves the loss, so once a 3e-3 trial has finished, the pruner stops it.
+SEARCH = """\
+# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /hydra/launcher: joblib
+hydra:
+  sweep:
+    dir: ${paths.outputs}/search/${hydra.sweeper.study_name}
+  launcher:
+    n_jobs: ${hydra.sweeper.n_jobs}
+  sweeper:
+    study_name: tiny
+    n_trials: 4
+    pruner: {n_startup_trials: 1}
+    params:
+      optim.lr: {type: categorical, choices: [0.003, 1.0e-7]}
+"""
+
+
+def search(tmp_path: Path, *overrides: str) -> Path:
+    conf = tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "tiny.yaml").write_text(SEARCH)
+    outputs = tmp_path / "outputs"
+    result = run_cli(
+        "train",
+        "-m",
+        f"paths.outputs={outputs}",
+        f"hydra.searchpath=[file://{conf.parent}]",
+        "hparams_search=tiny",
+        *TINY,
+        *overrides,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return outputs
+
+
+def runs(outputs: Path) -> tuple[MlflowClient, object, list]:
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    found = client.search_runs([client.get_experiment_by_name("gpt-finetune").experiment_id])
+    (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return client, parent, children
+
+
+def study(outputs: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{outputs}/optuna.db")
+
+
+@pytest.mark.slow
+def test_search_prunes_poor_trials_and_resumes_its_study(tmp_path: Path) -> None:
+    outputs = search(tmp_path)
+    states = {t.number: t.state.name for t in study(outputs).trials}
+    assert sorted(states.values()) == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"], states
+    pruned = next(n for n, s in states.items() if s == "PRUNED")
+    root = outputs / "search" / "tiny"
+    record = json.loads((root / str(pruned) / "run.json").read_text())
+    assert record["status"] == "PRUNED" and "median pruner" in record["error"]
+    assert study(outputs).trials[pruned].params == {"optim.lr": 1e-7}
+    # Each trial is an MLflow child of one parent; the pruned one is KILLED and tagged.
+    _client, parent, children = runs(outputs)
+    assert len(children) == 4
+    by_folder = {Path(r.data.tags["run_dir"]).name: r for r in children}
+    assert by_folder[str(pruned)].info.status == "KILLED"
+    assert by_folder[str(pruned)].data.tags["pruned"] == "true"
+    assert sum(r.info.status == "FINISHED" for r in children) == 3
+    best = min(r.data.metrics["val/loss"] for r in children if r.info.status == "FINISHED")
+    assert study(outputs).best_value == pytest.approx(best, rel=1e-5)
+    assert parent.data.metrics["best/val/loss"] == pytest.approx(best, rel=1e-5)
+    assert parent.data.params["best.optim.lr"] == "0.003"
+    assert "optim.lr" in parent.data.params["sweep.search"]
+    summary = (root / "sweep_summary.md").read_text()
+    assert summary.count("| PRUNED |") == 1 and summary.count("| FINISHED") == 3
+
+    # An interrupted search left a trial RUNNING; resuming with n_trials=5 runs it again as
+    # a new trial (folder 5) into the same study, folder and parent run.
+    study(outputs).ask()
+    search(tmp_path, "hydra.sweeper.n_trials=5")
+    trials = study(outputs).trials
+    assert [t.state.name for t in trials[4:]] == ["FAIL", trials[5].state.name]
+    assert trials[4].user_attrs["interrupted"] is True
+    assert trials[5].state.name in ("COMPLETE", "PRUNED")
+    assert (root / "5" / "run.json").is_file() and not (root / "4").exists()
+    _, parent_again, children = runs(outputs)
+    assert parent_again.info.run_id == parent.info.run_id and len(children) == 5
+    assert parent_again.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_four_parallel_trials_record_four_complete_runs(tmp_path: Path) -> None:
+    outputs = search(tmp_path, "hydra.sweeper.n_jobs=4", "trainer.max_epochs=1")
+    assert [t.state.name for t in study(outputs).trials] == ["COMPLETE"] * 4
+    client, _parent, children = runs(outputs)
+    assert len(children) == 4
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert "val/loss" in run.data.metrics and "test/acc" in run.data.metrics
+        assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) >= 5
+        assert run.data.params["optim.lr"] in ("0.003", "1e-07")
+    # They ran at the same time: every run started before any of them ended.
+    assert max(r.info.start_time for r in children) < min(r.info.end_time for r in children)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials"),
+        ("optim.batch_size=8,16", "comma lists and ranges are not allowed"),
+    ],
+)
+def test_a_bad_search_is_refused_before_any_run(tmp_path: Path, override, message) -> None:
+    conf = tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "tiny.yaml").write_text(SEARCH)
+    outputs = tmp_path / "outputs"
+    result = run_cli(
+        "train",
+        "-m",
+        f"paths.outputs={outputs}",
+        f"hydra.searchpath=[file://{conf.parent}]",
+        "hparams_search=tiny",
+        override,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not list(outputs.glob("search/tiny/*/run.json"))
+
+
+BASE = {"study_name": "s", "storage": "sqlite:///x.db", "objective": "val/loss"}
+
+
+def test_search_space_maps_to_optuna_and_back_to_overrides() -> None:
+    search = load_search(
+        {
+            **BASE,
+            "direction": "maximize",
+            "n_trials": 3,
+            "params": {
+                "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+                "model.n_layers": {"type": "int", "low": 2, "high": 8, "step": 2},
+                "lora.target_modules": {
+                    "type": "categorical",
+                    "choices": ["attention", "all-linear"],
+                },
+            },
+        }
+    )
+    space = distributions(search)
+    assert (space["optim.lr"].low, space["optim.lr"].high, space["optim.lr"].log) == (
+        1e-5,
+        1e-2,
+        True,
+    )
+    assert (space["model.n_layers"].low, space["model.n_layers"].step) == (2, 2)
+    assert space["lora.target_modules"].choices == ("attention", "all-linear")
+    assert search.mode == "max"
+    sampled = {
+        "optim.lr": 0.00012345678901234,
+        "model.n_layers": 4,
+        "lora.target_modules": "all-linear",
+    }
+    assert overrides(sampled) == [
+        "optim.lr=0.00012345678901234",
+        "model.n_layers=4",
+        "lora.target_modules=all-linear",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"optim.lr": {"type": "float", "low": 1e-2, "high": 1e-5}}, "needs low < high"),
+        (
+            {"optim.lr": {"type": "float", "low": 0, "high": 1, "log": True}},
+            "log=true needs low > 0",
+        ),
+        ({"lora.r": {"type": "categorical", "choices": []}}, "non-empty 'choices'"),
+        ({"lora.r": {"type": "integer", "low": 1, "high": 4}}, "hydra.sweeper.params.lora.r.type"),
+        ({}, "hydra.sweeper.params"),
+    ],
+)
+def test_a_bad_search_space_names_the_entry(params: dict, message: str) -> None:
+    with pytest.raises(UserError, match="Search config error") as error:
+        load_search({**BASE, "direction": "minimize", "n_trials": 3, "params": params})
+    assert message in str(error.value)
