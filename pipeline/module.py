@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -199,9 +200,11 @@ class GPTLightningModule(pl.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
-        if gradient_clip_val and self.trainer.precision == "bf16-mixed":
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and type(plugin) is MixedPrecision and plugin.scaler is None:
             # bf16 gradients need no unscaling, yet Lightning's mixed-precision plugin refuses to
             # clip for any fused optimizer; clip by norm here (the only algorithm configured).
+            # Other plugins (FSDP's) keep their own clipping.
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
