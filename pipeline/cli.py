@@ -6,6 +6,7 @@ import functools
 import logging
 import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +14,12 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import CONF_DIR, PROJECT_ROOT, AppConfig, validate
-from pipeline.errors import TrialPruned, UserError
+from pipeline.errors import Interrupted, TrialPruned, UserError
 from pipeline.files import write_json
 
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
@@ -41,18 +43,44 @@ def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Ca
                 print(f"Trial pruned: {exc}", file=sys.stderr)
                 return {"status": "PRUNED", "error": str(exc)}
             except Exception as exc:
-                if _is_multirun():
+                if _is_multirun() and not isinstance(exc, Interrupted):
                     # One failed trial is recorded and the sweep goes on.
                     return _record_failed_trial(exc)
                 if not isinstance(exc, UserError):
                     raise
                 _discard_empty_run_dir()
                 print(f"error: {exc}", file=sys.stderr)
-                sys.exit(2)
+                sys.exit(exc.exit_code)
 
         return main
 
     return decorate
+
+
+class CheckOutputs(Callback):
+    """Refuse an unwritable paths.outputs in one sentence, before Hydra creates the run
+    folder in it (which would otherwise fail with a traceback)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        outputs = Path(str(config.paths.outputs)).expanduser()
+        try:
+            outputs.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=outputs):
+                pass
+        except OSError as exc:
+            print(
+                f"error: Cannot write to paths.outputs={outputs} ({exc.strerror}). Point "
+                "paths.outputs at a writable folder, e.g. paths.outputs=$HOME/gpt-outputs.",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
 
 def _discard_empty_run_dir() -> None:

@@ -76,6 +76,8 @@ class DataConfig(_Group):
     val_fraction: float = Field(ge=0.0, lt=1.0)
     test_fraction: float = Field(ge=0.0, lt=1.0)
     max_length: int = Field(gt=1)
+    # A text longer than max_length tokens: cut it with a warning, or refuse the data.
+    long_sequences: Literal["truncate", "error"] = "truncate"
     num_workers: int = Field(default=0, ge=0)
     tokenizer: TokenizerConfig = TokenizerConfig()
 
@@ -193,6 +195,9 @@ class CheckpointConfig(_Group):
     mode: Literal["min", "max"] = "min"
     save_top_k: int = Field(default=1, ge=-1)
     save_last: bool = True
+    # Also write last.ckpt every N optimizer steps (null: only at validation), so a crash
+    # mid-epoch loses at most N steps.
+    every_n_train_steps: int | None = Field(default=None, gt=0)
 
 
 class TrainerConfig(_Group):
@@ -242,7 +247,7 @@ class AppConfig(_Group):
 
     seed: int
     # Continue an interrupted run: auto (the latest unfinished run of logger.experiment_name),
-    # a run folder, or a .ckpt.
+    # a run folder, an MLflow run id, or a .ckpt.
     resume: str | None = None
     paths: PathsConfig
     model: ModelConfig

@@ -7,8 +7,10 @@ causal-LM batches carry next-token targets with -100 wherever there is padding.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,31 +32,63 @@ class Records:
     labels: list[str] | None
 
 
+def read_text(path: Path) -> str:
+    """The file as UTF-8; anything else is reported with the line where decoding failed."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark is not part of the first column
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}, line {line}, is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+            f"{exc.start}). Convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8."
+        ) from None
+
+
+def parse_jsonl(path: Path, text: str) -> list[dict]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path}, line {number}, is not valid JSON ({exc.msg}, column {exc.colno}). "
+                "Each line of a .jsonl file must hold one JSON object; fix or remove that line."
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path}, line {number}, holds a JSON {type(row).__name__}, not an object. "
+                'Each line must be an object such as {"text": ..., "label": ...}.'
+            )
+        rows.append(row)
+    return rows
+
+
 def read_records(path: str | Path, cfg: DataConfig) -> Records:
     """The text (and label) column of a file in `cfg.format`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Data file {path} does not exist. Check data.path.")
     want_labels = cfg.task == "classification"
-    try:
-        if cfg.format == "text":
-            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-            return Records([line for line in lines if line], None)
-        if cfg.format == "jsonl":
-            rows = [
-                json.loads(line)
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()
-            ]
-        else:
-            delimiter = "\t" if cfg.format == "tsv" else ","
-            with path.open(encoding="utf-8", newline="") as handle:
-                rows = list(csv.DictReader(handle, delimiter=delimiter))
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
-        raise UserError(
-            f"Could not read {path} as {cfg.format} ({exc}). Check data.format (tsv, csv, "
-            "jsonl, text) and that the file is UTF-8."
-        ) from None
+    text = read_text(path)
+    if cfg.format == "text":
+        lines = [line.strip() for line in text.splitlines()]
+        if not any(lines):
+            raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
+        return Records([line for line in lines if line], None)
+    if cfg.format == "jsonl":
+        rows = parse_jsonl(path, text)
+    else:
+        delimiter = "\t" if cfg.format == "tsv" else ","
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+        except csv.Error as exc:
+            raise UserError(
+                f"Could not read {path} as {cfg.format} ({exc}). Check data.format (tsv, csv, "
+                "jsonl, text)."
+            ) from None
     if not rows:
         raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
     columns = [cfg.text_column] + ([cfg.label_column] if want_labels else [])
@@ -153,8 +187,10 @@ def tokenize(
             )
     label_index = {name: i for i, name in enumerate(label_names or [])}
     out: dict[str, TokenizedSplit] = {}
+    encoded = {name: tokenizer.encode_batch(records.texts) for name, records in splits.items()}
+    check_lengths(encoded, cfg, tokenizer.eos_id if cfg.task == "causal_lm" else None)
     for name, records in splits.items():
-        ids = tokenizer.encode_batch(records.texts)
+        ids = encoded[name]
         if cfg.task == "causal_lm":
             # The end-of-text token teaches the model where a text stops.
             ids = [[*seq, tokenizer.eos_id][: cfg.max_length] for seq in ids]
@@ -173,6 +209,36 @@ def tokenize(
             [label_index[records.labels[i]] for i in keep],
         )
     return DataBundle(cfg.task, tokenizer, out, list(label_names or []))
+
+
+def check_lengths(encoded: dict[str, list[list[int]]], cfg: DataConfig, eos: int | None) -> None:
+    """Texts longer than data.max_length tokens (counting the end-of-text token a language
+    model adds) are cut with a warning, or refused with data.long_sequences=error."""
+    extra = 0 if eos is None else 1
+    long = {
+        name: [i for i, seq in enumerate(ids) if len(seq) + extra > cfg.max_length]
+        for name, ids in encoded.items()
+    }
+    count = sum(map(len, long.values()))
+    if not count:
+        return
+    longest = max(len(encoded[n][i]) + extra for n, idx in long.items() for i in idx)
+    where = ", ".join(f"{len(idx)} in {name}" for name, idx in long.items() if idx)
+    summary = (
+        f"{count} texts ({where}) are longer than data.max_length={cfg.max_length} tokens "
+        f"(the longest has {longest})"
+    )
+    if cfg.long_sequences == "error":
+        name, idx = next((n, idx) for n, idx in long.items() if idx)
+        raise UserError(
+            f"{summary}; the first is example {idx[0]} of the {name} split. Raise "
+            f"data.max_length (at most model.context_length), shorten those texts, or set "
+            "data.long_sequences=truncate to cut them."
+        )
+    print(
+        f"warning: {summary}; they are truncated. data.long_sequences=error refuses them.",
+        file=sys.stderr,
+    )
 
 
 def build_tokenizer(cfg: DataConfig, train_texts: list[str]) -> TextTokenizer:
@@ -222,12 +288,13 @@ class Collator:
 
 
 class EpochShuffle(torch.utils.data.Sampler[int]):
-    """A fresh permutation each epoch, drawn from (seed, epoch) alone, so a run resumed at an
-    epoch boundary sees the order an uninterrupted run would have seen. Lightning calls
-    set_epoch at the start of every epoch."""
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone, so a resumed run sees
+    the order an uninterrupted run would have seen. Lightning calls set_epoch at the start of
+    every epoch. A run resumed mid-epoch skips the examples that epoch had already trained on
+    (`skip`, consumed by the first pass only)."""
 
     def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -237,7 +304,8 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        skip, self.skip = self.skip, 0
+        return iter(torch.randperm(self.n, generator=generator)[skip:].tolist())
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -261,17 +329,31 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.workers = seed, workers
         self.collate = Collator(bundle.task, bundle.tokenizer.pad_id, bundle.n_outputs == 1)
+        self._skip_batches = 0
+
+    def resume_mid_epoch(self, batches_done: int) -> None:
+        """The next training epoch starts after the first `batches_done` batches of its order
+        (a checkpoint saved mid-epoch); a count of whole epochs skips nothing."""
+        n_batches = -(-len(self.bundle.splits["train"].ids) // self.batch_size)
+        self._skip_batches = batches_done % n_batches
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         examples = _Examples(self.bundle.splits[split])
+        sampler = None
+        if shuffle:
+            sampler = EpochShuffle(len(examples), self.seed)
+            sampler.skip, self._skip_batches = self._skip_batches * self.batch_size, 0
         return DataLoader(
             examples,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=EpochShuffle(len(examples), self.seed) if shuffle else None,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.workers,
             persistent_workers=self.workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # Its own generator: creating an iterator draws a base seed, which must not move
+            # the global generator (dropout), or a resumed run would drift from the original.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -11,18 +11,38 @@ from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`."""
+    """Call `write(tmp)` on a temporary file beside `path`, flush it to disk, then rename it
+    over `path`: a crash at any point leaves either the old file or the new one, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)  # the rename itself
     return path
+
+
+def move_files_into(source: str | Path, directory: Path) -> None:
+    """Move every file written under `source` (a temporary folder beside `directory`) into
+    `directory`, each flushed to disk first, so a crash leaves whole files only."""
+    for path in Path(source).iterdir():
+        _fsync(path)
+        os.replace(path, directory / path.name)
+    _fsync(directory)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import math
 import re
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 
 from pipeline.config import LoraConfig
 from pipeline.errors import UserError
+from pipeline.files import move_files_into
 
 # The parent module of an attention projection, in our GPT and common HF architectures.
 _ATTENTION_PARENT = re.compile(r"(^|\.)(att|attn|attention|self_attn|self_attention)$")
@@ -156,8 +156,7 @@ def save_adapter(model: nn.Module, directory: Path, base_hf_dir: Path) -> None:
     ):
         warnings.simplefilter("ignore", FutureWarning)
         peft_model.save_pretrained(tmp)
-        for path in Path(tmp).iterdir():
-            shutil.move(str(path), directory / path.name)
+        move_files_into(tmp, directory)
 
 
 def _gpt2_adapter(model: nn.Module, base_hf_dir: Path) -> Any:

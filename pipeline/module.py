@@ -91,6 +91,9 @@ def build_optimizer(model: nn.Module, o: OptimConfig, fused: bool = True) -> tor
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
 
 
+TRAIN_MEANS_KEY = "train_epoch_means"
+
+
 class GPTLightningModule(pl.LightningModule):
     def __init__(
         self,
@@ -109,6 +112,11 @@ class GPTLightningModule(pl.LightningModule):
         self.metrics = nn.ModuleDict(
             {stage: self._make_metrics(model.n_outputs or 0) for stage in ("val", "test")}
         )
+        # The epoch means of the training loss (and accuracy) so far. Kept in checkpoints, so a
+        # run resumed mid-epoch reports the same train/*_epoch as one never interrupted.
+        self.train_means = nn.ModuleDict({"loss": MeanMetric()})
+        if not self.is_lm:
+            self.train_means["acc"] = MeanMetric()
         self._window_tokens = 0
         self._window_start = time.perf_counter()
 
@@ -137,16 +145,30 @@ class GPTLightningModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, pooled = self._step(batch)
         size = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.train_means["loss"](loss.detach(), size)
+        self.log("train/loss", self.train_means["loss"], on_step=True, on_epoch=True, prog_bar=True)
         if pooled is not None:
             accuracy = (self._predict(pooled) == batch["labels"].long()).float().mean()
-            self.log("train/acc", accuracy, on_step=True, on_epoch=True, batch_size=size)
+            self.train_means["acc"](accuracy, size)
+            self.log("train/acc", self.train_means["acc"], on_step=True, on_epoch=True)
         self._window_tokens += batch["n_tokens"]
         if self.penalty is not None:
             penalty = self.penalty()
             self.log("train/l1_penalty", penalty, on_step=True, batch_size=size)
             loss = loss + penalty
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TRAIN_MEANS_KEY] = {
+            name: {k: v.detach().clone() for k, v in metric.metric_state.items()}
+            for name, metric in self.train_means.items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for name, state in checkpoint.get(TRAIN_MEANS_KEY, {}).items():
+            for key, value in state.items():
+                metric = self.train_means[name]
+                setattr(metric, key, value.to(getattr(metric, key).device))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Only on the steps Lightning sends to the logger (it decides right after this hook):

@@ -18,14 +18,16 @@ from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from pipeline import tracking
-from pipeline.config import AppConfig
+from pipeline.config import AppConfig, LoggerConfig
 from pipeline.data import Collator, DataBundle, TextDataModule, build_data
 from pipeline.distributed import global_rank, weights_digest
-from pipeline.errors import TrialPruned, UserError
+from pipeline.errors import Interrupted, TrialPruned, UserError
 from pipeline.export import export_trained
+from pipeline.faults import AtomicCheckpointIO, StopOnNonFiniteLoss, StopOnSignal
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.model.weights import load_into
 from pipeline.module import GPTLightningModule
+from pipeline.provenance import data_digests, redact, redact_all
 from pipeline.restore import CHECKPOINT_KEY, Trained, has_tokenizer, load_pretrained
 from pipeline.tokenizer import TextTokenizer
 from pipeline.trial import search_callbacks
@@ -127,8 +129,9 @@ def build_trainer(
     # A pruning schedule makes earlier, denser checkpoints look best on validation: with
     # sparsity the run's result is its last checkpoint.
     monitor = c.monitor if has_val and not cfg.sparsity.enabled else None
+    checkpoint_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
+        dirpath=checkpoint_dir,
         filename="epoch={epoch}-step={step}",
         auto_insert_metric_name=False,
         monitor=monitor,
@@ -136,8 +139,27 @@ def build_trainer(
         # Without a monitor Lightning keeps the latest one, or every one (-1).
         save_top_k=c.save_top_k if monitor or c.save_top_k == -1 else 1,
         save_last=c.save_last,
+        # Overwrite, never last-v1.ckpt: last.ckpt is the newest state, whoever wrote it.
+        enable_version_counter=False,
     )
-    callbacks: list[pl.Callback] = [checkpoint, _CheckpointExtras(trained), *extra]
+    # Lightning runs checkpoint callbacks after the others: a NaN loss stops before a save.
+    callbacks: list[pl.Callback] = [
+        checkpoint,
+        _CheckpointExtras(trained),
+        StopOnNonFiniteLoss(checkpoint_dir),
+        *extra,
+    ]
+    if c.every_n_train_steps and c.save_last:
+        # A second callback only for last.ckpt: the first one's top-k needs validation metrics.
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=c.every_n_train_steps,
+                enable_version_counter=False,
+            )
+        )
     callbacks += search_callbacks()
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
@@ -160,6 +182,7 @@ def build_trainer(
             enable_progress_bar=t.enable_progress_bar,
             logger=logger if logger is not None else False,
             callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
             default_root_dir=run_dir,
         )
     except (MisconfigurationException, ValueError) as exc:
@@ -250,13 +273,31 @@ def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 
 def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Run one experiment in `run_dir`; return what run.json records."""
-    started = time.time()
+    """Run one experiment in `run_dir` (or continue the one cfg.resume names); return what
+    run.json records. SIGTERM and Ctrl-C stop it with a checkpoint and the run KILLED."""
     check_devices(cfg)
     outputs = Path(cfg.paths.outputs)
-    resume = locate_resume(cfg.resume, outputs, cfg.logger.experiment_name) if cfg.resume else None
+    resume = None
+    if cfg.resume:
+        resume = locate_resume(cfg.resume, outputs, cfg.logger.experiment_name, cfg.logger)
+        run_dir = resume.run_dir
+    with StopOnSignal(run_dir / "checkpoints") as stop:
+        return _train(cfg, config_dict, run_dir, resume, stop)
+
+
+def _train(
+    cfg: AppConfig,
+    config_dict: dict[str, Any],
+    run_dir: Path,
+    resume: Resume | None,
+    stop: StopOnSignal,
+) -> dict[str, Any]:
+    started = time.time()
+    outputs = Path(cfg.paths.outputs)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     trained, bundle = build_model(cfg)
+    # Checkpoints carry the config and may be uploaded: no credentials in it.
+    config_dict = redact_all(config_dict)
     trained.config = config_dict
     n_params = sum(p.numel() for p in trained.model.parameters())
     n_trainable = sum(p.numel() for p in trained.model.parameters() if p.requires_grad)
@@ -266,7 +307,6 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         f"{n_trainable:,} ({n_trainable / n_params:.2%})."
     )
     if resume:
-        run_dir = resume.run_dir
         print(f"Resuming {run_dir} from {resume.checkpoint.name}.")
     trained.tokenizer.save(run_dir)
     # Every rank of a data-parallel run gets here; rank 0 alone tracks, exports and writes
@@ -279,14 +319,15 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         if resume and resume.record.get("run_id"):
             tracked = tracking.reopen_run(cfg.logger, outputs, resume.record["run_id"])
         else:
-            tracked = tracking.start_run(cfg.logger, outputs, config_dict, run_dir)
+            digests = data_digests(cfg.data)
+            tracked = tracking.start_run(cfg.logger, outputs, config_dict, run_dir, digests)
         # Steps logged before the interruption are not logged a second time.
         logger = tracking.BatchedMLflowLogger(tracked, skip_through=tracking.last_step(tracked))
     record: dict[str, Any] = {
         "run_id": tracked.run_id if tracked else None,
         "experiment_name": cfg.logger.experiment_name,
         "experiment_id": tracked.experiment_id if tracked else None,
-        "tracking_uri": tracked.tracking_uri if tracked else None,
+        "tracking_uri": redact(tracked.tracking_uri) if tracked else None,
         "status": "RUNNING",
         "task": trained.task,
         "num_parameters": n_params,
@@ -300,7 +341,7 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
     try:
         has_val = bool(bundle.splits["val"].ids)
         sparsity = sparsity_callback(cfg, trained, bundle, run_dir)
-        extra = [sparsity] if sparsity else []
+        extra = [stop, sparsity] if sparsity else [stop]
         trainer, checkpoint = build_trainer(cfg, run_dir, logger, trained, has_val, extra)
         penalty = sparsity.pruner.penalty if sparsity and cfg.sparsity.l1_lambda else None
         module = GPTLightningModule(trained.model, cfg.optim, penalty)
@@ -315,7 +356,12 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
             cfg.seed,
             cfg.data.num_workers,
         )
+        if resume:
+            datamodule.resume_mid_epoch(batches_done(resume.checkpoint))
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None)
+        if stop.signum is not None:
+            # The signal came during the last validation: training is over, the run is not.
+            raise stop.error()
         if has_val and not any(k.startswith("val/") for k in trainer.callback_metrics):
             # max_steps ended the run before the first scheduled validation.
             trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -351,12 +397,17 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
         )
         failed = False
     except BaseException as exc:
-        # Lightning turns Ctrl-C into SystemExit after its graceful shutdown.
+        if stop.signum is not None:
+            # Lightning's own SIGTERM handling ends fit with SystemExit; report it as ours.
+            killed = exc if isinstance(exc, Interrupted) else stop.error()
+            record["error"] = str(killed)
+            raise killed from None
         record["error"] = describe_failure(exc)
         pruned = isinstance(exc, TrialPruned)
         raise
     finally:
-        record["status"] = "PRUNED" if pruned else tracking.run_status(failed)
+        killed = failed and stop.signum is not None
+        record["status"] = "PRUNED" if pruned else tracking.run_status(failed, killed=killed)
         record["duration_s"] = round(time.time() - started, 1)
         if tracked:
             record["ui_url"] = tracked.ui_url()
@@ -393,8 +444,11 @@ class Resume:
     record: dict[str, Any]
 
 
-def locate_resume(resume: str, outputs: Path, experiment: str) -> Resume:
-    """resume=auto (the newest unfinished run of the experiment), a run folder, or a .ckpt."""
+def locate_resume(
+    resume: str, outputs: Path, experiment: str, logger: LoggerConfig | None = None
+) -> Resume:
+    """resume=auto (the newest unfinished run of the experiment), a run folder, an MLflow run
+    id (the run's `run_dir` tag), or a .ckpt."""
     if resume == "auto":
         unfinished = [
             p.parent
@@ -408,6 +462,8 @@ def locate_resume(resume: str, outputs: Path, experiment: str) -> Resume:
                 f"{outputs / 'runs' / experiment}. Pass resume=<run folder or .ckpt>."
             )
         path = max(unfinished, key=lambda p: (p / "run.json").stat().st_mtime)
+    elif tracking.is_run_id(resume) and not Path(resume).exists() and logger is not None:
+        path = tracking.run_dir_of(logger, outputs, resume)
     else:
         path = Path(resume).expanduser().resolve()
     if path.is_dir():
@@ -428,8 +484,14 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, UserError | TrialPruned):
         return str(exc)
     if isinstance(exc, KeyboardInterrupt | SystemExit):
-        return "interrupted (Ctrl-C or a signal) before the run finished"
+        return "interrupted before the run finished"
     return f"{type(exc).__name__}: {exc}"
+
+
+def batches_done(checkpoint: Path) -> int:
+    """How many training batches the checkpoint's epoch had finished when it was saved."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
 
 
 def sparsity_callback(cfg: AppConfig, trained: Trained, bundle: DataBundle, run_dir: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,7 +25,16 @@ from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from pipeline.config import PROJECT_ROOT, LoggerConfig
+from pipeline.errors import UserError
 from pipeline.files import write_json
+from pipeline.provenance import (
+    OVERRIDES_TAG,
+    git_diff,
+    package_versions,
+    recorded_overrides,
+    redact,
+    redact_all,
+)
 from pipeline.sweep import PARENT_ENV
 from pipeline.tracking_uri import resolve_tracking_uri
 
@@ -72,7 +82,7 @@ class TrackedRun:
     tracking_uri: str
 
     def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
-        base = self.tracking_uri if self.tracking_uri.startswith("http") else host
+        base = redact(self.tracking_uri) if self.tracking_uri.startswith("http") else host
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
@@ -122,9 +132,14 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pat
 
 
 def start_run(
-    cfg: LoggerConfig, outputs: str | Path, config: Mapping[str, Any], run_dir: Path
+    cfg: LoggerConfig,
+    outputs: str | Path,
+    config: Mapping[str, Any],
+    run_dir: Path,
+    extra_params: Mapping[str, str] | None = None,
 ) -> TrackedRun:
-    """Create the MLflow run: params (the whole resolved config), tags, config.yaml artifact."""
+    """Create the MLflow run: params (the whole resolved config, plus `extra_params`), tags,
+    and what it takes to run it again (see provenance.py). Credentials never reach it."""
     uri = resolve_tracking_uri(cfg, outputs)
     client = Client(tracking_uri=uri)
     # A local store keeps artifacts under outputs/; a server decides for itself.
@@ -132,7 +147,7 @@ def start_run(
     experiment_id = get_or_create_experiment(client, cfg.experiment_name, artifact_root)
     tags = {
         "run_dir": str(run_dir),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])),
         "mlflow.source.name": "pipeline.train",
         "mlflow.source.type": "LOCAL",
         "mlflow.user": getpass.getuser(),
@@ -141,14 +156,22 @@ def start_run(
     parent = os.environ.get(PARENT_ENV)
     if parent:
         tags["mlflow.parentRunId"] = parent
+    overrides = recorded_overrides(run_dir)
+    if overrides is not None:
+        tags[OVERRIDES_TAG] = json.dumps(redact_all(overrides))
     run = client.create_run(experiment_id, tags=tags, run_name=cfg.run_name or run_dir.name)
     run_id = run.info.run_id
-    params = [Param(k, v) for k, v in flatten(config).items()]
+    flat = {**flatten(redact_all(dict(config))), **(extra_params or {})}
+    params = [Param(k, v) for k, v in flat.items()]
     for i in range(0, len(params), PARAMS_PER_BATCH):
         client.log_batch(run_id, params=params[i : i + PARAMS_PER_BATCH])
     config_yaml = run_dir / ".hydra" / "config.yaml"
     if config_yaml.is_file():
-        client.log_artifact(run_id, str(config_yaml))
+        client.log_text(run_id, redact(config_yaml.read_text()), "config.yaml")
+    client.log_text(run_id, package_versions(), "packages.txt")
+    diff = git_diff()
+    if diff:
+        client.log_text(run_id, diff, "git.diff")
     return TrackedRun(client, run_id, experiment_id, uri)
 
 
@@ -201,6 +224,28 @@ def reopen_run(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> TrackedRu
     return TrackedRun(client, run_id, run.info.experiment_id, uri)
 
 
+def is_run_id(text: str) -> bool:
+    return re.fullmatch(r"[0-9a-f]{32}", text) is not None
+
+
+def run_dir_of(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> Path:
+    """The run folder an MLflow run was trained in (its `run_dir` tag)."""
+    uri = resolve_tracking_uri(cfg, outputs)
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        raise UserError(
+            f"resume={run_id}: no such MLflow run in {uri}. Check the run id, or point "
+            "logger.tracking_uri / paths.outputs at the store that recorded it."
+        ) from None
+    if "run_dir" not in run.data.tags:
+        raise UserError(
+            f"resume={run_id}: that MLflow run has no run_dir tag (it was not trained by "
+            "pipeline.train). Pass its run folder or .ckpt instead."
+        )
+    return Path(run.data.tags["run_dir"])
+
+
 def last_step(run: TrackedRun) -> int:
     """The highest step of any metric already in the run (-1 for a new run)."""
     steps = [
@@ -223,8 +268,8 @@ def finish_run(
     try:
         run.client.log_batch(
             run.run_id,
-            params=[Param(k, str(v)) for k, v in (params or {}).items()],
-            tags=[RunTag(k, v[:5000]) for k, v in (tags or {}).items()],
+            params=[Param(k, redact(str(v))) for k, v in (params or {}).items()],
+            tags=[RunTag(k, redact(v)[:5000]) for k, v in (tags or {}).items()],
         )
         for artifact_path, local in (artifacts or {}).items():
             if local.is_dir():
@@ -252,6 +297,7 @@ class BatchedMLflowLogger(Logger):
         self.flush_every, self.flush_seconds = flush_every, flush_seconds
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
+        self._flush_next = False
 
     @property
     def name(self) -> str:
@@ -279,7 +325,8 @@ class BatchedMLflowLogger(Logger):
         for key, value in metrics.items():
             self._buffer.append(Metric(key, float(value), timestamp, step or 0))
         if (
-            len(self._buffer) >= self.flush_every
+            self._flush_next
+            or len(self._buffer) >= self.flush_every
             or time.monotonic() - self._last_flush > self.flush_seconds
         ):
             self.flush()
@@ -292,10 +339,19 @@ class BatchedMLflowLogger(Logger):
             )
         self._buffer.clear()
         self._last_flush = time.monotonic()
+        self._flush_next = False
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
         self.flush()
+
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        # Everything up to a checkpoint is in the store: a run killed later and resumed from
+        # it replays only steps already logged (skipped) and then new ones; none go missing.
+        # Lightning saves before it logs the batch's own metrics: those are flushed at once.
+        self.flush()
+        self._flush_next = True
 
     def save(self) -> None:
         # Lightning calls save() after every log_metrics; flushing here would undo the batching.
@@ -306,7 +362,9 @@ def write_run_json(run_dir: Path, record: Mapping[str, Any], name: str = "run.js
     return write_json(run_dir / name, dict(record))
 
 
-def run_status(failed: bool) -> str:
+def run_status(failed: bool, killed: bool = False) -> str:
+    if killed:
+        return RunStatus.to_string(RunStatus.KILLED)
     return RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
 
 

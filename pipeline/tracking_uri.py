@@ -4,6 +4,7 @@ import) to check before any training work starts."""
 from __future__ import annotations
 
 import os
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -26,12 +27,15 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     (MLflow's own client retries for minutes)."""
     if not uri.startswith(("http://", "https://")):
         return
+    # Credentials in the URI are for MLflow's client; the health check needs none.
+    parts = urllib.parse.urlsplit(uri)
+    public = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+        with urllib.request.urlopen(f"{public.rstrip('/')}/health", timeout=timeout) as response:
             response.read()
     except (OSError, ValueError) as exc:
         raise UserError(
-            f"The MLflow tracking server at {uri} does not answer ({exc}). Start it (make server) "
+            f"The MLflow tracking server at {public} does not answer ({exc}). Start it (make server) "
             "or fix logger.tracking_uri / MLFLOW_TRACKING_URI; logger=none trains without "
             "tracking."
         ) from None

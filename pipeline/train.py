@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,5 +33,27 @@ def main(cfg: AppConfig) -> dict[str, Any]:
     return record["metrics"]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`--from-run <MLflow run id> [overrides]` runs a recorded run again: its recorded
+    overrides, then these (see pipeline/provenance.py). Anything else goes to Hydra as is."""
+    args = sys.argv[1:]
+    if "--from-run" in args:
+        at = args.index("--from-run")
+        if at + 1 >= len(args):
+            sys.exit("error: --from-run needs an MLflow run id.")
+        from pipeline.errors import UserError
+        from pipeline.provenance import rerun_arguments
+
+        run_id, extra = args[at + 1], args[:at] + args[at + 2 :]
+        try:
+            args = rerun_arguments(run_id, extra)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        print(f"Running MLflow run {run_id} again with: {' '.join(args)}")
+        sys.argv = [sys.argv[0], *args]
     main()
+
+
+if __name__ == "__main__":
+    cli()

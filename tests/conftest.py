@@ -52,11 +52,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_cli(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", f"pipeline.{module}", *args],
         cwd=PROJECT_ROOT,
-        env=_env(),
+        env={**_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -4,13 +4,12 @@ folder and the MLflow record; evaluate, generate and export from the run folder.
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, run_cli, train_until
+from tests.conftest import TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -121,37 +120,10 @@ def test_causal_lm_experiment_reports_perplexity_and_generates(tmp_path: Path) -
     assert result.returncode == 0 and result.stdout.startswith("Hey")
 
 
-def test_a_failing_run_is_recorded_as_failed(tmp_path: Path) -> None:
-    outputs = tmp_path / "outputs"
-    result = run_cli("train", f"paths.outputs={outputs}", *TINY, "trainer.strategy=bogus")
-    assert result.returncode == 2
-    assert "trainer.strategy" in result.stderr and "Traceback" not in result.stderr
-    (run_json,) = outputs.glob("runs/*/*/*/run.json")
-    record = json.loads(run_json.read_text())
-    assert record["status"] == "FAILED"
-    run = MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(record["run_id"])
-    assert run.info.status == "FAILED" and "bogus" in run.data.tags["error"]
-
-
 def test_logger_none_trains_without_a_store(tmp_path: Path) -> None:
     record, _ = train(tmp_path / "outputs", "logger=none", "trainer.max_epochs=1")
     assert record["run_id"] is None and record["status"] == "FINISHED"
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
-
-
-def test_ctrl_c_marks_the_run_failed_with_the_reason(tmp_path: Path) -> None:
-    outputs = tmp_path / "outputs"
-    proc = train_until(outputs, "runs/*/*/*/checkpoints/*.ckpt", *TINY, "trainer.max_epochs=500")
-    try:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) != 0
-    finally:
-        proc.kill()
-    (run_json,) = outputs.glob("runs/*/*/*/run.json")
-    record = json.loads(run_json.read_text())
-    assert record["status"] == "FAILED" and "interrupted" in record["error"]
-    run = MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(record["run_id"])
-    assert run.info.status == "FAILED" and "interrupted" in run.data.tags["error"]
 
 
 def test_sweep_has_a_parent_run_a_summary_and_survives_a_failed_trial(tmp_path: Path) -> None:

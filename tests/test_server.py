@@ -98,3 +98,36 @@ def test_an_unreachable_server_fails_fast_before_any_work(tmp_path: Path) -> Non
     assert result.returncode == 2 and "does not answer" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(outputs.glob("runs/*/*/*/run.json")) and not (outputs / "data").exists()
+
+
+def test_secrets_never_reach_the_mlflow_record(server, tmp_path: Path) -> None:
+    """A password in the tracking URI and tokens in the environment: none of them appears in
+    any param, tag, metric name or artifact of the run."""
+    secrets = {"uri": "pw-in-the-uri-5f2c", "env": "hf_token_in_env_9a7e"}
+    user_uri = server.replace("http://", f"http://alice:{secrets['uri']}@")
+    outputs = tmp_path / "outputs"
+    result = run_cli(
+        "train",
+        f"paths.outputs={outputs}",
+        *TINY,
+        "trainer.max_epochs=1",
+        f"logger.tracking_uri={user_uri}",
+        env={"HF_TOKEN": secrets["env"], "MLFLOW_TRACKING_TOKEN": secrets["env"]},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_json,) = outputs.glob("runs/*/*/*/run.json")
+    record = json.loads(run_json.read_text())
+    client = MlflowClient(server)
+    run = client.get_run(record["run_id"])
+    assert run.data.params["logger.tracking_uri"] == server.replace("http://", "http://***@")
+    texts = [
+        json.dumps(run.to_dictionary()),
+        json.dumps(client.get_experiment(run.info.experiment_id).tags),
+    ]
+    downloaded = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "all")))
+    files = [p for p in downloaded.rglob("*") if p.is_file()]
+    assert {"config.yaml", "run.json", "packages.txt"} <= {p.name for p in files}
+    texts += [p.read_bytes().decode("utf-8", "replace") for p in files]
+    for secret in secrets.values():
+        assert not [t for t in texts if secret in t], f"{secret} leaked into the record"
+    assert "***@" in run.data.tags["command"]  # the planted password was there to leak

@@ -6,7 +6,6 @@ Only `model=hf` (and restoring such a model) imports this module; our GPT code n
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from transformers import (
 )
 
 from pipeline.errors import UserError
+from pipeline.files import move_files_into
 from pipeline.model.sampling import Generates
 from pipeline.model.weights import classifier_fields
 
@@ -98,7 +98,6 @@ class HFModel(Generates, nn.Module):
             self.hf.save_pretrained(tmp, max_shard_size=max_shard_bytes, safe_serialization=True)
             for stale in directory.glob("model*.safetensors*"):
                 stale.unlink()
-            for path in Path(tmp).iterdir():
-                shutil.move(str(path), directory / path.name)
+            move_files_into(tmp, directory)
         if tokenizer is not None:
             tokenizer.save(directory)

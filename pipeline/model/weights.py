@@ -247,9 +247,16 @@ def read_state_dict(path: str | Path) -> StateDict:
             # Files in torch's legacy (pre-zipfile) format cannot be memory-mapped.
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        wants_code = [line for line in str(exc).splitlines() if "GLOBAL" in line]
+        if not wants_code:
+            # Not a pickle that names a function to call: bytes that are no pickle at all.
+            raise UserError(
+                f"{path} could not be read (not a torch or safetensors file); it may be "
+                "truncated or corrupt."
+            ) from None
         raise UserError(
             f"Refused to load {path}: it needs more than plain tensors to unpickle "
-            f"({str(exc).splitlines()[0]}), and unpickling arbitrary objects can run code. "
+            f"({wants_code[0].strip()}), and unpickling arbitrary objects can run code. "
             "Convert it to .safetensors where it came from, or re-save only its state_dict."
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:

@@ -1,0 +1,324 @@
+"""Every mistake a user can make, as one table: what they type, and what they are told.
+
+Each row runs `python -m pipeline.train` through its real entry point (Hydra included, in this
+process to save the start-up time; `test_a_refused_run_in_a_real_process` checks the process
+itself). Every row must: exit non-zero within seconds, print one paragraph that names the
+problem (no traceback), leave no half-written file, and leave no MLflow run in RUNNING: no run
+at all when the mistake is caught before training, else one FAILED run with the reason as its
+`error` tag. The README's Troubleshooting section lists the same errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import TINY, run_cli
+
+TSV_ROWS = [f"message number {i} {'win cash' if i % 3 else 'see you'}" for i in range(60)]
+
+
+def tsv(rows: list[tuple[str, str]], header: str = "text\tlabel") -> str:
+    return "\n".join([header, *(f"{a}\t{b}" for a, b in rows)]) + "\n"
+
+
+def demo_rows() -> list[tuple[str, str]]:
+    return [(text, "spam" if i % 3 else "ham") for i, text in enumerate(TSV_ROWS)]
+
+
+def write(name: str, content: str | bytes) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        path = tmp / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return setup
+
+
+def gpt_weights(name: str, emb_dim: int) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        from pipeline.model.gpt import GPTConfig, GPTModel
+
+        model = GPTModel(GPTConfig(600, 128, emb_dim, n_heads=2, n_layers=2))
+        torch.save(model.state_dict(), tmp / name)
+
+    return setup
+
+
+def truncated_weights(tmp: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"tok_emb.weight": torch.randn(600, 64)}, tmp / "whole.safetensors")
+    data = (tmp / "whole.safetensors").read_bytes()
+    (tmp / "cut.safetensors").write_bytes(data[: len(data) // 2])
+
+
+class _RunsCode:
+    """A pickle that would run a shell command when loaded without weights_only."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def code_pickle(tmp: Path) -> None:
+    torch.save({"tok_emb.weight": torch.zeros(2), "x": _RunsCode(tmp / "pwned")}, tmp / "evil.pth")
+
+
+@dataclass
+class Case:
+    args: str  # overrides; {tmp} is the test's folder
+    expect: str  # a regular expression the message must match
+    setup: Callable[[Path], None] | None = None
+    during_training: bool = False  # a FAILED run is left; else no run at all
+    exit_code: int = 2  # 1: refused by Hydra itself (its own message)
+    marks: list = field(default_factory=list)
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+
+CASES: dict[str, Case] = {
+    # -- config: unknown names ----------------------------------------------------------------
+    "unknown key (added with +)": Case("+model.n_head=4", r"unknown key 'model.n_head'.*n_heads"),
+    "unknown key": Case("model.emb_dimm=3", r"Key 'emb_dimm' is not in struct", exit_code=1),
+    "unknown group option": Case("lora=bogus", r"Could not find 'lora/bogus'", exit_code=1),
+    "unknown optimizer name": Case("optim.name=adam", r"optim.name='adam'.*'adamw' or 'sgd'"),
+    "unknown scheduler": Case("optim.scheduler=step", r"'cosine', 'linear' or 'constant'"),
+    "unknown precision": Case("trainer.precision=fp8", r"'32-true', 'bf16-mixed' or '16-mixed'"),
+    "unknown accelerator": Case("trainer.accelerator=tpu", r"'auto', 'cpu', 'gpu'"),
+    "unknown data format": Case("data.format=parquet", r"'tsv', 'csv', 'jsonl' or 'text'"),
+    "unknown export format": Case("export.formats=[hf,tflite]", r"export.formats.1='tflite'"),
+    "unknown lora bias": Case("lora=default lora.bias=some", r"'none', 'all' or 'lora_only'"),
+    # -- config: wrong types ------------------------------------------------------------------
+    "wrong type (int)": Case("model.n_layers=two", r"model.n_layers='two'.*valid integer"),
+    "wrong type (size)": Case("export.max_shard_size=2TB", r"500MB, 5GB or 2GiB"),
+    # -- config: values out of range ----------------------------------------------------------
+    "lr = 0": Case("optim.lr=0", r"optim.lr=0 .*greater than 0"),
+    "lr < 0": Case("optim.lr=-1e-3", r"optim.lr=-0.001 .*greater than 0"),
+    "batch size 0": Case("optim.batch_size=0", r"optim.batch_size=0 .*greater than 0"),
+    "emb_dim 0": Case("model.emb_dim=0", r"model.emb_dim=0 .*greater than 0"),
+    "dropout >= 1": Case("model.drop_rate=1.5", r"model.drop_rate=1.5 .*less than 1"),
+    "dropout < 0": Case("model.drop_rate=-0.1", r"model.drop_rate=-0.1 .*greater than or equal"),
+    "lora dropout 1": Case("lora=default lora.dropout=1", r"lora.dropout=1 .*less than 1"),
+    "lora r <= 0": Case("lora=default lora.r=0", r"lora.r=0 .*greater than 0"),
+    "sparsity >= 1": Case(
+        "sparsity=magnitude sparsity.final=1.0", r"sparsity.final=1.0 .*less than 1"
+    ),
+    "sparsity < 0": Case(
+        "sparsity=magnitude sparsity.final=-0.5", r"sparsity.final=-0.5 .*greater than or equal"
+    ),
+    "N:M with N >= M": Case("sparsity=nm_2_4 sparsity.pattern=4:4", r"N:M with 0 < N < M"),
+    "n_heads not dividing emb_dim": Case("model.n_heads=5", r"divisible by model.n_heads"),
+    "max_length > context": Case("data.max_length=4096", r"model.context_length \(128\)"),
+    "split fractions >= 1": Case(
+        "data.val_fraction=0.6 data.test_fraction=0.5", r"data.val_fraction=0.6 .*below 1"
+    ),
+    "endless training": Case("trainer.max_epochs=null", r"would never end"),
+    "max_steps 0": Case("trainer.max_steps=0", r"positive step count"),
+    "val interval > 1": Case("trainer.val_check_interval=1.5", r"fraction of an epoch"),
+    "16-mixed on the CPU": Case(
+        "trainer.accelerator=cpu trainer.precision=16-mixed", r"needs a GPU"
+    ),
+    "adapter export without lora": Case("export.formats=[hf,adapter]", r"choose a lora preset"),
+    "model=hf without weights": Case("model=hf", r"model.init_from is required"),
+    "empty experiment name": Case("logger.experiment_name=''", r"at least 1 character"),
+    "required value missing": Case("data=csv", r"data.path is required"),
+    "classification without labels": Case("data.label_column=null", r"classification needs"),
+    # -- data ---------------------------------------------------------------------------------
+    "missing data file": Case(
+        "data=tsv data.synthetic_examples=null data.path={tmp}/nope.tsv", r"no such file"
+    ),
+    "empty dataset": Case(
+        "data=tsv data.synthetic_examples=null data.path={tmp}/empty.tsv",
+        r"holds no examples",
+        write("empty.tsv", "text\tlabel\n"),
+    ),
+    "missing text column": Case(
+        "data=tsv data.synthetic_examples=null data.path={tmp}/d.tsv",
+        r"no column 'text' \(data.text_column\)\. Its columns are: sms, label",
+        write("d.tsv", tsv(demo_rows(), "sms\tlabel")),
+    ),
+    "missing label column": Case(
+        "data=tsv data.synthetic_examples=null data.path={tmp}/d.tsv data.label_column=category",
+        r"no column 'category' \(data.label_column\)",
+        write("d.tsv", tsv(demo_rows())),
+    ),
+    "a row without a label": Case(
+        "data=tsv data.synthetic_examples=null data.path={tmp}/d.tsv",
+        r"row 3, has no value for column 'label'",
+        write("d.tsv", "text\tlabel\nhello\tham\nlonely\n" + tsv(demo_rows())[11:]),
+    ),
+    "one class only": Case(
+        "data=tsv data.synthetic_examples=null data.path={tmp}/d.tsv",
+        r"1 distinct label\(s\).*needs at least 2",
+        write("d.tsv", tsv([(t, "ham") for t in TSV_ROWS])),
+    ),
+    "malformed JSONL line": Case(
+        "data=jsonl data.synthetic_examples=null data.path={tmp}/d.jsonl",
+        r"d.jsonl, line 3, is not valid JSON",
+        write("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": \n'),
+    ),
+    "JSONL line that is not an object": Case(
+        "data=jsonl data.synthetic_examples=null data.path={tmp}/d.jsonl",
+        r"line 2, holds a JSON list",
+        write("d.jsonl", '{"text": "a", "label": "x"}\n["b", "y"]\n'),
+    ),
+    "non-UTF-8 text": Case(
+        "data=tsv data.synthetic_examples=null data.path={tmp}/d.tsv",
+        r"line 4, is not UTF-8 text \(byte 0xe9",
+        write("d.tsv", tsv(demo_rows()[:2]).encode() + "caf\u00e9\tham\n".encode("latin-1")),
+    ),
+    "text longer than the context (data.long_sequences=error)": Case(
+        "data.max_length=4 data.long_sequences=error",
+        r"longer than data.max_length=4 tokens.*data.long_sequences=truncate",
+    ),
+    # -- weights ------------------------------------------------------------------------------
+    "missing weights": Case("model.init_from={tmp}/nope.safetensors", r"not found"),
+    "truncated weights": Case(
+        "model.init_from={tmp}/cut.safetensors", r"truncated or corrupt", truncated_weights
+    ),
+    "corrupt weights": Case(
+        "model.init_from={tmp}/junk.pth",
+        r"junk.pth could not be read.*truncated or corrupt",
+        write("junk.pth", b"not a weights file at all" * 10),
+    ),
+    "a pickle that would run code": Case(
+        "model.init_from={tmp}/evil.pth", r"Refused to load .*evil.pth.*can run code", code_pickle
+    ),
+    "shape-mismatched weights": Case(
+        "model.init_from={tmp}/narrow.pth",
+        r"tok_emb.weight \(600, 32\) in the file vs \(\d+, 64\) in the model.*emb_dim probably",
+        gpt_weights("narrow.pth", emb_dim=32),
+    ),
+    # -- machine ------------------------------------------------------------------------------
+    "output folder not writable": Case(
+        "paths.outputs={tmp}/a_file/outputs", r"Cannot write to paths.outputs=", write("a_file", "")
+    ),
+    "GPU asked for where none exists": Case(
+        "trainer=gpu", r"no CUDA device.*trainer=cpu", marks=[NO_GPU]
+    ),
+    # -- while training -----------------------------------------------------------------------
+    "NaN or inf loss": Case(
+        "optim.lr=1e30 trainer.checkpoint.every_n_train_steps=1",
+        r"loss became (nan|inf) at step \d+ .*last good checkpoint is .*last.ckpt",
+        during_training=True,
+    ),
+    "trainer settings Lightning refuses": Case(
+        "trainer.strategy=bogus",
+        r"Lightning refused the trainer settings.*bogus",
+        during_training=True,
+    ),
+    "disk full during a checkpoint": Case(
+        "model=gpt-mini trainer.checkpoint.every_n_train_steps=1",
+        r"No space left to write the checkpoint .*earlier checkpoints are intact",
+        during_training=True,
+    ),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _imported() -> None:
+    """Import the heavy modules once, so that timings measure the work, not the imports."""
+    import pipeline.runner  # noqa: F401
+
+
+def run_train(args: list[str], capsys) -> tuple[int, str]:
+    """python -m pipeline.train <args>, in this process: (exit code, stderr)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pipeline.train import main
+
+    GlobalHydra.instance().clear()
+    argv, sys.argv = sys.argv, ["pipeline.train", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, capsys.readouterr().err
+
+
+class FileSizeLimit:
+    """A real write failure (EFBIG, as a full disk gives ENOSPC) for files beyond `limit`
+    bytes: the data, tokenizer and MLflow store fit, a gpt-mini checkpoint does not."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def __enter__(self):
+        self.saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+        self.handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.saved[1]))
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
+        signal.signal(signal.SIGXFSZ, self.handler)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=c.marks, id=n) for n, c in CASES.items()])
+def test_bad_input(name: str, tmp_path: Path, capsys) -> None:
+    case = CASES[name]
+    if case.setup:
+        case.setup(tmp_path)
+    outputs = tmp_path / "outputs"
+    args = [f"paths.outputs={outputs}", *TINY, *case.args.format(tmp=tmp_path).split()]
+    limit = FileSizeLimit(8_000_000) if "disk full" in name else None
+    started = time.monotonic()
+    if limit:
+        with limit:
+            code, stderr = run_train(args, capsys)
+    else:
+        code, stderr = run_train(args, capsys)
+    elapsed = time.monotonic() - started
+
+    assert code == case.exit_code, stderr
+    assert elapsed < 30, f"took {elapsed:.0f} s"
+    assert "Traceback" not in stderr
+    message = stderr.strip().splitlines()
+    if case.exit_code == 2:  # ours: one paragraph, on the last line
+        assert message[-1].startswith("error: "), stderr
+        assert re.search(case.expect, message[-1]), message[-1]
+    else:  # Hydra's own message
+        assert re.search(case.expect, stderr), stderr
+    assert not [p for p in tmp_path.rglob("*.tmp")], "a half-written file was left"
+    assert not (tmp_path / "pwned").exists()
+
+    runs = []
+    if (outputs / "mlflow.db").is_file():
+        client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    if case.during_training:
+        (run,) = runs
+        assert run.info.status == "FAILED"
+        assert message[-1].removeprefix("error: ") == run.data.tags["error"]
+        for checkpoint in outputs.glob("runs/*/*/*/checkpoints/*.ckpt"):  # the good ones
+            state = torch.load(checkpoint, weights_only=True)["state_dict"]
+            assert all(torch.isfinite(v).all() for v in state.values()), checkpoint
+    else:
+        assert runs == []  # refused before any run started
+        assert not list(outputs.glob("runs/*/*/*/*")), "a refused run left its folder"
+
+
+def test_a_refused_run_in_a_real_process(tmp_path: Path) -> None:
+    """The same guarantees for a process, the way a user meets them."""
+    (tmp_path / "d.tsv").write_text(tsv([(t, "ham") for t in TSV_ROWS]))
+    result = run_cli(
+        "train", f"paths.outputs={tmp_path}", *TINY, "data=tsv", f"data.path={tmp_path}/d.tsv"
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: The training split has 1 distinct label(s)")
+    assert "Traceback" not in result.stdout + result.stderr

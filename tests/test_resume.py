@@ -1,0 +1,164 @@
+"""Fault tolerance and reproducibility: a run killed at any step (SIGKILL) or stopped (SIGTERM,
+Ctrl-C), then resumed, ends exactly as an uninterrupted run of the same config; a recorded run
+runs again from its MLflow record alone (--from-run)."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import TINY, run_cli, train_until
+
+# 20 batches per epoch, last.ckpt every 3 steps, dropout on (so the RNG state matters).
+ARGS = [*TINY, "model.drop_rate=0.1", "trainer.checkpoint.every_n_train_steps=3"]
+BATCHES_PER_EPOCH = 20
+# Values that legitimately differ between two runs: wall-clock speed.
+TIMING = {"train/tokens_per_sec"}
+
+
+def only_run(outputs: Path) -> tuple[Path, dict]:
+    (run_json,) = outputs.glob("runs/*/*/*/run.json")
+    return run_json.parent, json.loads(run_json.read_text())
+
+
+def metric_histories(outputs: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    keys = set(client.get_run(run_id).data.metrics) - TIMING
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        for key in keys
+    }
+
+
+def step_of(checkpoint: Path) -> int:
+    for _ in range(50):  # the file can be replaced while we read it
+        try:
+            return torch.load(checkpoint, weights_only=True, mmap=True)["global_step"]
+        except (OSError, RuntimeError, EOFError):
+            time.sleep(0.02)
+    raise AssertionError(f"could not read {checkpoint}")
+
+
+def kill_at_step(outputs: Path, step: int, sig: int, *args: str) -> subprocess.Popen:
+    """Start training and send `sig` once its last.ckpt has reached `step`."""
+    proc = train_until(outputs, "runs/*/*/*/checkpoints/last.ckpt", *args)
+    (checkpoint,) = outputs.glob("runs/*/*/*/checkpoints/last.ckpt")
+    deadline = time.monotonic() + 120
+    while step_of(checkpoint) < step:
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the step"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> tuple[Path, dict]:
+    outputs = tmp_path_factory.mktemp("straight") / "outputs"
+    result = run_cli("train", f"paths.outputs={outputs}", *ARGS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return only_run(outputs)
+
+
+def assert_same_run(outputs: Path, straight: tuple[Path, dict]) -> dict:
+    ref_dir, reference = straight
+    run_dir, record = only_run(outputs)
+    assert record["status"] == "FINISHED" and record["resumed"] == 1
+    assert record["metrics"] == reference["metrics"]  # exact, every digit run.json keeps
+    ours = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    theirs = torch.load(ref_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ours["global_step"] == theirs["global_step"] == 2 * BATCHES_PER_EPOCH
+    for key, value in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][key], value), key
+    # Every step metric, step by step, equal; none logged twice.
+    assert metric_histories(outputs, record["run_id"]) == metric_histories(
+        straight[0].parents[3], reference["run_id"]
+    )
+    assert MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(record["run_id"]).info.status == (
+        "FINISHED"
+    )
+    return record
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_resumes_to_identical_weights_and_metrics(tmp_path, straight):
+    # A step checkpoint inside the first or the second epoch (the epoch's end saves one too).
+    step = random.choice([3, 6, 9, 12, 15, 21, 24, 27, 30])
+    outputs = tmp_path / "outputs"
+    proc = kill_at_step(outputs, step, signal.SIGKILL, *ARGS)
+    proc.wait(timeout=60)
+    run_dir, first = only_run(outputs)
+    assert first["status"] == "RUNNING"  # a SIGKILL leaves no chance to close anything
+    saved = step_of(run_dir / "checkpoints" / "last.ckpt")
+    assert saved % BATCHES_PER_EPOCH, f"killed at step {saved}: not mid-epoch"
+
+    resumed = run_cli("train", f"paths.outputs={outputs}", *ARGS, "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resuming {run_dir}" in resumed.stdout
+    record = assert_same_run(outputs, straight)
+    assert record["run_id"] == first["run_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_and_ctrl_c_save_a_checkpoint_and_mark_the_run_killed(tmp_path, straight, sig):
+    outputs = tmp_path / "outputs"
+    proc = kill_at_step(outputs, 6, sig, *ARGS)
+    assert proc.wait(timeout=60) == 128 + sig  # a clean exit, as a shell reports a signal
+    run_dir, record = only_run(outputs)
+    assert record["status"] == "KILLED"
+    assert f"Interrupted by {signal.Signals(sig).name}" in record["error"]
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "KILLED" and "resume=" in run.data.tags["error"]
+    # The checkpoint holds the step the signal stopped at, not an older one.
+    logged = max(m.step for m in client.get_metric_history(record["run_id"], "train/loss_step"))
+    stopped = step_of(run_dir / "checkpoints" / "last.ckpt")
+    assert 6 <= stopped < 2 * BATCHES_PER_EPOCH and 0 <= stopped - logged <= 2
+    if sig == signal.SIGINT:
+        return  # the checkpoint is the same kind; one resume of it is enough
+
+    # Resumed by its MLflow run id: the same run continues and ends as if never stopped.
+    resumed = run_cli("train", f"paths.outputs={outputs}", *ARGS, f"resume={record['run_id']}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(outputs, straight)
+
+
+@pytest.mark.slow
+def test_from_run_reproduces_a_recorded_run(straight) -> None:
+    from pipeline.provenance import sha256
+
+    ref_dir, reference = straight
+    outputs = ref_dir.parents[3]
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    original = client.get_run(reference["run_id"])
+    # What the record holds to run it again.
+    assert json.loads(original.data.tags["hydra.overrides"])[0] == f"paths.outputs={outputs}"
+    data_file = outputs / "data" / "demo" / "sms_spam_400.tsv"
+    assert original.data.params["data.sha256.path"] == sha256(data_file)
+    artifacts = {a.path for a in client.list_artifacts(reference["run_id"])}
+    assert {"config.yaml", "packages.txt"} <= artifacts
+    if original.data.tags.get("git.dirty") == "true":
+        assert "git.diff" in artifacts
+    packages = client.download_artifacts(reference["run_id"], "packages.txt")
+    assert f"torch=={torch.__version__}" in Path(packages).read_text()
+
+    again = run_cli("train", "--from-run", reference["run_id"], f"paths.outputs={outputs}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    (second,) = [
+        r
+        for r in client.search_runs([original.info.experiment_id])
+        if r.info.run_id != reference["run_id"]
+    ]
+    assert second.info.status == "FINISHED"
+    assert second.data.params == original.data.params  # config, data digests, model size
+    assert metric_histories(outputs, second.info.run_id) == metric_histories(
+        outputs, reference["run_id"]
+    )
