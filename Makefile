@@ -48,9 +48,10 @@ server: $(STAMP)
 	mkdir -p $(OUTPUTS)/mlartifacts
 	$(VENV)/bin/mlflow server --backend-store-uri $(or $(BACKEND),$(STORE)) --artifacts-destination $(OUTPUTS)/mlartifacts --host 127.0.0.1 --port $(PORT)
 
-# LoRA vs full fine-tuning, and ours vs transformers + PEFT; ARGS=--quick for a short run.
+# The benchmark suite (benchmarks/README.md): outputs/bench/<date>/results.{json,md} and the
+# MLflow experiment `benchmarks`. ARGS=--quick for a short run.
 bench: $(STAMP)
-	$(PY) benchmarks/lora.py $(ARGS)
+	$(PY) -m benchmarks.run $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline tests benchmarks hydra_plugins

@@ -1,19 +1,15 @@
-"""LoRA versus full fine-tuning, and our LoRA versus transformers + PEFT, on one machine.
+"""LoRA versus full fine-tuning, and our LoRA versus transformers + PEFT (issue figure 4).
 
-    python benchmarks/lora.py [--quick] [--out benchmarks/results-lora.md]
-
-Every configuration trains the same GPT-2-style causal LM (same shape, batch, sequence length,
-AdamW, fp32) in its own subprocess, so peak memory is that configuration's alone. A step is
-forward + backward + optimizer step on random tokens; the first steps are warm-up. LoRA is r=8,
-alpha=16 on the attention projections: ours W_query, W_key, W_value, out_proj; transformers'
-GPT-2 the same projections as c_attn (fused q/k/v) and attn.c_proj.
+Four configurations train the same GPT-2-style causal LM (same shape, batch, sequence length,
+AdamW, fp32). Each repeat of each configuration is its own subprocess, so its peak memory is
+that configuration's alone; repeats are interleaved. LoRA is r=8, alpha=16 on the attention
+projections: ours W_query, W_key, W_value, out_proj; transformers' GPT-2 the same projections
+as c_attn (fused q/k/v) and attn.c_proj.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -21,137 +17,147 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHAPE = {"vocab": 8192, "context": 256, "emb": 512, "heads": 8, "layers": 8}
+from benchmarks.common import Context, Figure, interleave, ratios
+
+TITLE = "LoRA versus full fine-tuning"
 CONFIGS = ["ours-full", "ours-lora", "hf-full", "hf-lora"]
+# (vocab, context, emb, heads, layers), batch, seq, warmup, steps, rounds
+SIZES = {
+    "smoke": ((256, 64, 64, 2, 2), 2, 32, 1, 2, 1),
+    "quick": ((8192, 256, 256, 4, 4), 4, 128, 1, 3, 1),
+    "full": ((8192, 256, 512, 8, 8), 4, 256, 1, 4, 2),
+}
 
 
-def build(name: str):
+def build(name: str, shape: tuple[int, ...]):
+    from benchmarks.common import ours, transformers_gpt2
+    from pipeline.model.gpt import GPTConfig
 
+    vocab, context, emb, heads, layers = shape
+    gpt = GPTConfig(vocab, context, emb, heads, layers, qkv_bias=True)
     if name.startswith("ours"):
-        sys.path.insert(0, str(ROOT))
-        from pipeline.config import LoraConfig
-        from pipeline.lora import apply_lora
-        from pipeline.model.gpt import GPTConfig, GPTModel
-
-        model = GPTModel(
-            GPTConfig(
-                SHAPE["vocab"],
-                SHAPE["context"],
-                SHAPE["emb"],
-                SHAPE["heads"],
-                SHAPE["layers"],
-                qkv_bias=True,
-            )
-        )
+        model, forward = ours(gpt)
         if name.endswith("lora"):
-            model = apply_lora(model, LoraConfig(name="bench", r=8, alpha=16))
-        return model, lambda ids: model(ids)
-    import transformers
-    from peft import LoraConfig, get_peft_model
+            from pipeline.config import LoraConfig
+            from pipeline.lora import apply_lora
 
-    config = transformers.GPT2Config(
-        vocab_size=SHAPE["vocab"],
-        n_positions=SHAPE["context"],
-        n_embd=SHAPE["emb"],
-        n_head=SHAPE["heads"],
-        n_layer=SHAPE["layers"],
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        attn_implementation="sdpa",
-    )
-    model = transformers.GPT2LMHeadModel(config)
+            model = apply_lora(model, LoraConfig(name="bench", r=8, alpha=16))
+            forward = model
+        return model, forward
+    model, forward = transformers_gpt2(gpt)
     if name.endswith("lora"):
+        from peft import LoraConfig, get_peft_model
+
         peft_config = LoraConfig(
             r=8, lora_alpha=16, target_modules=["c_attn", "attn.c_proj"], fan_in_fan_out=True
         )
         model = get_peft_model(model, peft_config)
-    return model, lambda ids: model(input_ids=ids).logits
+        return model, lambda ids: model(input_ids=ids).logits
+    return model, forward
 
 
-def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries it over
+    from the parent across fork and exec, so a child would report the runner's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(name: str, mode: str) -> dict:
+    """One configuration in this process: median step time and peak memory."""
     import torch
     import torch.nn.functional as F
 
+    shape, batch, seq, warmup, steps, _ = SIZES[mode]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model, forward = build(name)
-    model.train()
+    model, forward = build(name, shape)
+    model.train().to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    ids = torch.randint(0, SHAPE["vocab"], (batch, seq))
-    rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ids = torch.randint(0, shape[0], (batch, seq + 1), device=device)
+    rss_built = peak_rss_mb()
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        logits = forward(ids)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, SHAPE["vocab"]), ids[:, 1:].reshape(-1))
+        logits = forward(ids[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, shape[0]), ids[:, 1:].reshape(-1))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step = statistics.median(times)
+    peak = peak_rss_mb()
     return {
-        "config": name,
         "trainable": sum(p.numel() for p in params),
         "total": sum(p.numel() for p in model.parameters()),
-        "step_s": step,
-        "tokens_per_s": batch * seq / step,
-        "peak_rss_mb": peak / 1024,
-        "train_mem_mb": (peak - rss_built) / 1024,
+        "step_s": statistics.median(times),
+        "peak_mb": (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak),
+        "train_mem_mb": peak - rss_built,
+        "device": device,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps, smaller batch")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results-lora.md"))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    batch, seq, warmup, steps = (4, 128, 2, 4) if args.quick else (8, 256, 3, 10)
-    if args.child:
-        print(json.dumps(child(args.child, batch, seq, warmup, steps)))
-        return
-    rows = []
-    for name in CONFIGS:
-        cmd = [sys.executable, __file__, "--child", name] + (["--quick"] if args.quick else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(f"{name:>10}: {rows[-1]['step_s'] * 1000:8.1f} ms/step", flush=True)
-    by = {r["config"]: r for r in rows}
-    import torch
+def run(ctx: Context) -> list[Figure]:
+    shape, batch, seq, _, steps, rounds = ctx.pick(SIZES)
+    records: dict[str, list[dict]] = {name: [] for name in CONFIGS}
 
-    lines = [
-        "# LoRA benchmark",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
-        f"threads, torch {torch.__version__}, CPU fp32. Model: GPT-2 style, {SHAPE['layers']} "
-        f"layers, {SHAPE['emb']} dims, {SHAPE['heads']} heads, vocab {SHAPE['vocab']}. Batch "
-        f"{batch} x {seq} tokens, median of {steps} steps after {warmup} warm-up.",
-        "",
-        "| config | trainable / total params | step (ms) | tokens/s | peak RSS (MB) | "
-        "training memory (MB) |",
-        "| --- | --- | --- | --- | --- | --- |",
+    def case(name: str):
+        def measure() -> float:
+            cmd = [sys.executable, "-m", "benchmarks.lora", name, ctx.mode]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            records[name].append(json.loads(out.strip().splitlines()[-1]))
+            return records[name][-1]["step_s"]
+
+        return measure
+
+    s = interleave({name: case(name) for name in CONFIGS}, rounds)
+    first = {name: r[0] for name, r in records.items()}
+    peak_kind = "CUDA max allocated" if first["ours-full"]["device"] == "cuda" else "peak RSS"
+    vocab, _, emb, heads, layers = shape
+    figures = []
+    for name in CONFIGS:
+        r = first[name]
+        figures += [
+            Figure(
+                f"{name} step",
+                "ms",
+                [1000 * x for x in s[name]],
+                note=f"{r['trainable']:,} of {r['total']:,} parameters train",
+            ),
+            Figure(f"{name} {peak_kind}", "MB", [x["peak_mb"] for x in records[name]]),
+        ]
+        if peak_kind == "peak RSS":
+            figures.append(
+                Figure(
+                    f"{name} training memory (peak RSS - RSS once built)",
+                    "MB",
+                    [x["train_mem_mb"] for x in records[name]],
+                )
+            )
+    figures += [
+        Figure(
+            "ours: LoRA step / full step",
+            "ratio",
+            ratios(s["ours-lora"], s["ours-full"]),
+            note=f"{layers} layers, {emb} dims, {heads} heads, vocab {vocab}, batch {batch}x{seq}, "
+            f"median of {steps} steps per repeat",
+        ),
+        Figure(
+            "LoRA throughput: ours / transformers + PEFT",
+            "ratio",
+            ratios(s["hf-lora"], s["ours-lora"]),
+        ),
+        Figure(
+            "full throughput: ours / transformers", "ratio", ratios(s["hf-full"], s["ours-full"])
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['config']} | {r['trainable']:,} / {r['total']:,} | {r['step_s'] * 1000:.1f} | "
-            f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['train_mem_mb']:.0f} |"
-        )
-    lines += [
-        "",
-        f"- LoRA step vs full step (ours): {by['ours-lora']['step_s'] / by['ours-full']['step_s']:.2f}x "
-        "the time.",
-        f"- Our LoRA throughput vs transformers + PEFT LoRA: "
-        f"{by['ours-lora']['tokens_per_s'] / by['hf-lora']['tokens_per_s']:.2f}x.",
-        "- Training memory is peak RSS minus RSS after the model was built (gradients, optimizer "
-        "state, activations).",
-    ]
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return figures
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(child(sys.argv[1], sys.argv[2])))

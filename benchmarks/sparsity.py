@@ -1,61 +1,44 @@
 """Pruning quality: validation perplexity of a small causal LM, dense and pruned, in one run.
 
-    python benchmarks/sparsity.py [--quick] [--out benchmarks/results-sparsity.md]
-
 A GPT is trained on the synthetic SMS corpus (data=demo_lm), then pruned by the pipeline's own
 code: one-shot magnitude and Wanda at 50% and 2:4 without fine-tuning (the one-shot LLM pruning
 setting of the Wanda paper), and gradual magnitude pruning to 50% with fine-tuning, trained
 from the dense weights through `pipeline.train`'s runner. Every figure is the validation
-perplexity of the same split.
+perplexity of the same split (one measurement each: training is seeded and deterministic).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import platform
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-import torch
+from benchmarks.common import Context, Figure, pipeline_config
+from pipeline.config import SparsityConfig
+from pipeline.evaluate import evaluate
+from pipeline.restore import load_trained
+from pipeline.runner import calibration_batch, train
+from pipeline.sparsity.pruner import Pruner, input_norms
+from pipeline.sparsity.targets import target_layers
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-import pipeline.cli  # noqa: E402, F401  (registers the ${project_root:} resolver)
-from pipeline.config import CONF_DIR, SparsityConfig, validate  # noqa: E402
-from pipeline.evaluate import evaluate  # noqa: E402
-from pipeline.restore import load_trained  # noqa: E402
-from pipeline.runner import calibration_batch, train  # noqa: E402
-from pipeline.sparsity.pruner import Pruner, input_norms  # noqa: E402
-from pipeline.sparsity.targets import target_layers  # noqa: E402
-
-FULL = ["model=gpt-mini", "trainer.max_epochs=3", "data.synthetic_examples=3000"]
-QUICK = ["model=gpt-tiny", "trainer.max_epochs=2", "data.synthetic_examples=600"]
+TITLE = "Sparsity quality"
+SIZES = {
+    "smoke": ["model=gpt-tiny", "trainer.max_epochs=1", "data.synthetic_examples=300"],
+    "quick": ["model=gpt-tiny", "trainer.max_epochs=2", "data.synthetic_examples=600"],
+    "full": ["model=gpt-mini", "trainer.max_epochs=3", "data.synthetic_examples=3000"],
+}
 
 
 def config(overrides: list[str], outputs: Path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                "experiment=lm_demo",
-                "logger=none",
-                "trainer=cpu",
-                "trainer.enable_progress_bar=false",
-                "export.formats=[]",
-                f"paths.outputs={outputs}",
-                *overrides,
-            ],
-        )
-    return validate(cfg)
+    fixed = [
+        "experiment=lm_demo",
+        "logger=none",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
+    ]
+    return pipeline_config([*fixed, "export.formats=[]", *overrides], outputs)
 
 
-def run(cfg, folder: Path) -> dict:
+def train_run(cfg, folder: Path) -> dict:
     folder.mkdir(parents=True)
     return train(cfg, cfg.model_dump(mode="json"), folder)
 
@@ -82,49 +65,34 @@ def one_shot(dense, cfg, method: str, pattern: str) -> float:
     return val_ppl(trained, cfg)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="gpt-tiny, fewer examples")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results-sparsity.md")
-    args = parser.parse_args()
-    size = QUICK if args.quick else FULL
-    started = time.time()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        cfg = config(size, work / "outputs")
-        record = run(cfg, work / "dense")
-        dense = load_trained(record["paths"]["best_checkpoint"])
-        rows.append(("dense", "0%", "-", val_ppl(dense, cfg)))
-        for method, pattern, label in [
-            ("magnitude", "unstructured", "magnitude, one-shot"),
-            ("wanda", "unstructured", "wanda, one-shot"),
-            ("magnitude", "2:4", "magnitude 2:4, one-shot"),
-            ("wanda", "2:4", "wanda 2:4, one-shot"),
-        ]:
-            level = "50% (2:4)" if pattern == "2:4" else "50%"
-            rows.append((label, level, "no", one_shot(dense, cfg, method, pattern)))
-        # Fine-tuning gets the same extra epoch dense and pruned, so that the gap is pruning's.
-        more = ["trainer.max_epochs=1", f"model.init_from={record['paths']['run_dir']}"]
-        for label, level, extra in [
-            ("dense, trained on", "0%", []),
-            ("gradual magnitude", "50%", ["sparsity=gradual", "sparsity.final=0.5"]),
-            ("wanda 2:4, then fine-tuned", "50% (2:4)", ["sparsity=wanda", "sparsity.pattern=2:4"]),
-        ]:
-            tuned = run(config([*size, *more, *extra], work / "outputs"), work / label)
-            rows.append((label, level, "1 epoch", tuned["metrics"]["val/ppl"]))
-    lines = [
-        f"Sparsity quality ({'--quick' if args.quick else 'full'}): {' '.join(size)}, "
-        f"data=demo_lm; {platform.machine()} with {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; {time.time() - started:.0f} s.",
-        "",
-        "| method | sparsity | fine-tuning | val perplexity |",
-        "| --- | --- | --- | ---: |",
-        *(f"| {m} | {s} | {f} | {p:.3f} |" for m, s, f, p in rows),
-    ]
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()
+def run(ctx: Context) -> list[Figure]:
+    size = ctx.pick(SIZES)
+    cfg = config(size, ctx.workdir / "outputs")
+    record = train_run(cfg, ctx.workdir / "dense")
+    dense = load_trained(record["paths"]["best_checkpoint"])
+    what = f"val perplexity ({' '.join(size)})"
+    figures = [Figure(f"dense, {what}", "ppl", [val_ppl(dense, cfg)])]
+    for method, pattern, label in [
+        ("magnitude", "unstructured", "magnitude 50%, one-shot"),
+        ("wanda", "unstructured", "wanda 50%, one-shot"),
+        ("magnitude", "2:4", "magnitude 2:4, one-shot"),
+        ("wanda", "2:4", "wanda 2:4, one-shot"),
+    ]:
+        figures.append(Figure(label, "ppl", [one_shot(dense, cfg, method, pattern)]))
+    # Fine-tuning gets the same extra epoch dense and pruned, so that the gap is pruning's.
+    more = ["trainer.max_epochs=1", f"model.init_from={record['paths']['run_dir']}"]
+    for i, (label, extra) in enumerate(
+        [
+            ("dense, trained 1 more epoch", []),
+            (
+                "gradual magnitude 50%, 1 epoch fine-tuning",
+                ["sparsity=gradual", "sparsity.final=0.5"],
+            ),
+            ("wanda 2:4, then 1 epoch fine-tuning", ["sparsity=wanda", "sparsity.pattern=2:4"]),
+        ]
+    ):
+        tuned = train_run(
+            config([*size, *more, *extra], ctx.workdir / "outputs"), ctx.workdir / f"tuned-{i}"
+        )
+        figures.append(Figure(label, "ppl", [tuned["metrics"]["val/ppl"]]))
+    return figures

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -72,6 +73,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig, fused: bool = True) -> torch.optim.Optimizer:
+    """The optimizer over `model`'s trainable parameters, after the model is on its device.
+
+    AdamW is fused where PyTorch has the kernel (CPU, CUDA): one pass over each tensor instead
+    of a dozen small ops, which makes the step of a 124M model several times faster on a CPU.
+    """
+    groups = param_groups(model, o.weight_decay)
+    if o.name == "adamw":
+        devices = {p.device.type for group in groups for p in group["params"]}
+        fused = fused and devices <= {"cpu", "cuda"}
+        return torch.optim.AdamW(
+            groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=True if fused else None
+        )
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
 
 
 TRAIN_MEANS_KEY = "train_epoch_means"
@@ -202,13 +219,24 @@ class GPTLightningModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and type(plugin) is MixedPrecision and plugin.scaler is None:
+            # bf16 gradients need no unscaling, yet Lightning's mixed-precision plugin refuses to
+            # clip for any fused optimizer; clip by norm here (the only algorithm configured).
+            # Other plugins (FSDP's) keep their own clipping.
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         o = self.optim
-        groups = param_groups(self.model, o.weight_decay)
-        if o.name == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
-        else:
-            optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+        # 16-mixed clips gradients after its scaler unscales them, which Lightning leaves to a
+        # fused optimizer: clipping would see scaled gradients.
+        scaled = self.trainer.precision == "16-mixed" and bool(o.gradient_clip_val)
+        optimizer = build_optimizer(self.model, o, fused=not scaled)
         total = int(self.trainer.estimated_stepping_batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(o.warmup_steps, total, o.scheduler, o.min_lr_ratio)

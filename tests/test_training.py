@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -87,3 +88,57 @@ def test_resume_refuses_a_checkpoint_outside_a_run_folder(tmp_path: Path) -> Non
         locate_resume(str(stray), tmp_path, "gpt-finetune")
     with pytest.raises(UserError, match="resume=auto found no unfinished run"):
         locate_resume("auto", tmp_path, "gpt-finetune")
+
+
+def test_adamw_is_fused_and_steps_like_the_loop_version() -> None:
+    from pipeline.config import OptimConfig
+    from pipeline.module import build_optimizer
+
+    o = OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1, batch_size=8)
+    torch.manual_seed(0)
+    fused_model = GPTModel(GPTConfig(50, 16, 16, 2, 1))
+    loop_model = GPTModel(GPTConfig(50, 16, 16, 2, 1))
+    loop_model.load_state_dict(fused_model.state_dict())
+    start = fused_model.tok_emb.weight.detach().clone()
+    fused, loop = build_optimizer(fused_model, o), build_optimizer(loop_model, o, fused=False)
+    assert fused.defaults["fused"] is True and not loop.defaults["fused"]
+    ids = torch.randint(0, 50, (2, 8))
+    for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+        for _ in range(3):
+            model(ids).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fused_model.tok_emb.weight, start)
+
+
+def test_bf16_mixed_clips_the_fused_optimizer_s_gradients(tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from pipeline.config import OptimConfig
+    from pipeline.data import Collator
+    from pipeline.module import GPTLightningModule
+
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(50, 16, 16, 2, 1))
+    o = OptimConfig(name="adamw", lr=1e-3, weight_decay=0.1, batch_size=4)
+    module = GPTLightningModule(model, o)
+    rows = [(torch.randint(0, 50, (9,)).tolist(), None) for _ in range(4)]
+    loader = DataLoader(rows, batch_size=4, collate_fn=Collator("causal_lm", 0, False))
+    trainer = pl.Trainer(
+        precision="bf16-mixed",
+        gradient_clip_val=1e-3,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, loader)
+    assert trainer.optimizers[0].defaults["fused"] is True
+    # The last step's gradients stay in place: clipped to the norm asked for.
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert norm.item() == pytest.approx(1e-3, rel=1e-3)

@@ -1,0 +1,148 @@
+"""Training throughput and model FLOP utilisation (issue figures 1 and 2).
+
+Per model shape, interleaved round by round: this pipeline (Lightning, MLflow tracking on) at
+fp32 and bf16-mixed, a plain PyTorch loop over the same model, transformers' GPT2LMHeadModel
+of the same shape in that plain loop, and the fp32 and bf16 matrix-multiply peak of the machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchmarks.common import (
+    Context,
+    Figure,
+    Peak,
+    gpt_shape,
+    interleave,
+    ours,
+    pipeline_config,
+    pipeline_segment,
+    plain_segment,
+    random_batches,
+    ratios,
+    train_flops_per_token,
+    transformers_gpt2,
+)
+
+TITLE = "Training throughput and MFU"
+
+
+@dataclass(frozen=True)
+class Size:
+    preset: str  # conf/model/<preset>.yaml gives the shape
+    vocab: int
+    batch: int
+    seq: int
+    warmup: int
+    steps: int
+    bf16: bool  # also measure the pipeline at bf16-mixed
+
+
+SIZES = {
+    "smoke": ([Size("gpt-tiny", 256, 2, 32, 1, 2, True)], 2, 256),
+    "quick": ([Size("gpt-mini", 8192, 8, 128, 1, 4, True)], 3, 1024),
+    "full": (
+        [
+            Size("gpt2-small", 50257, 4, 128, 1, 3, True),
+            Size("gpt-mini", 8192, 16, 128, 2, 10, False),
+        ],
+        3,
+        2048,
+    ),
+}
+
+
+def run(ctx: Context) -> list[Figure]:
+    sizes, rounds, peak_n = ctx.pick(SIZES)
+    peak = Peak(peak_n, "cpu")
+    figures: list[Figure] = []
+    for size in sizes:
+        figures += measure(ctx, size, rounds, peak)
+    return figures
+
+
+def measure(ctx: Context, size: Size, rounds: int, peak: Peak) -> list[Figure]:
+    shape = gpt_shape(size.preset, size.vocab)
+    n_batches = size.warmup + size.steps
+    loader = random_batches(size.vocab, size.batch, size.seq, n_batches)
+    tokens = size.batch * size.seq
+
+    def config(precision: str):
+        return pipeline_config(
+            [
+                "trainer=cpu",
+                f"trainer.precision={precision}",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+                f"optim.batch_size={size.batch}",
+            ],
+            ctx.workdir / "outputs",
+        )
+
+    fp32, bf16 = config("32-true"), config("bf16-mixed")
+    torch.manual_seed(0)
+    model, forward = ours(shape)
+    hf_model, hf_forward = transformers_gpt2(shape)
+    cases = {
+        "pipeline fp32": lambda: tokens / pipeline_segment(model, loader, fp32, size.warmup),
+        "plain fp32": lambda: tokens / plain_segment(model, forward, loader, fp32, size.warmup),
+        "transformers fp32": lambda: (
+            tokens / plain_segment(hf_model, hf_forward, loader, fp32, size.warmup)
+        ),
+        "peak fp32": lambda: peak.flops_per_s(torch.float32),
+    }
+    if size.bf16:
+        cases["pipeline bf16-mixed"] = lambda: (
+            tokens / pipeline_segment(model, loader, bf16, size.warmup)
+        )
+        cases["peak bf16"] = lambda: peak.flops_per_s(torch.bfloat16)
+    s = interleave(cases, rounds)
+
+    name = f"{size.preset} ({size.batch}x{size.seq} tokens)"
+    flops = train_flops_per_token(shape, size.seq)
+    figures = [
+        Figure(f"{name} tokens/s: {case}", "tokens/s", s[case])
+        for case in cases
+        if "peak" not in case
+    ]
+    figures += [
+        Figure(
+            f"{name} pipeline / plain PyTorch",
+            "ratio",
+            ratios(s["pipeline fp32"], s["plain fp32"]),
+            target=0.97,
+        ),
+        Figure(
+            f"{name} pipeline / transformers",
+            "ratio",
+            ratios(s["pipeline fp32"], s["transformers fp32"]),
+            target=1.0,
+        ),
+        Figure(f"matmul peak fp32 ({peak.n}^3)", "GFLOP/s", [x / 1e9 for x in s["peak fp32"]]),
+        Figure(
+            f"{name} MFU fp32",
+            "%",
+            [100 * t * flops / p for t, p in zip(s["pipeline fp32"], s["peak fp32"], strict=True)],
+        ),
+    ]
+    if size.bf16:
+        figures += [
+            Figure(f"matmul peak bf16 ({peak.n}^3)", "GFLOP/s", [x / 1e9 for x in s["peak bf16"]]),
+            Figure(
+                f"{name} MFU bf16-mixed",
+                "%",
+                [
+                    100 * t * flops / p
+                    for t, p in zip(s["pipeline bf16-mixed"], s["peak bf16"], strict=True)
+                ],
+            ),
+            Figure(
+                f"{name} pipeline bf16-mixed / fp32",
+                "ratio",
+                ratios(s["pipeline bf16-mixed"], s["pipeline fp32"]),
+            ),
+        ]
+    return figures
