@@ -107,22 +107,12 @@ def rerun_arguments(run_id: str, extra: list[str]) -> list[str]:
     The store is found from `extra` the same way training finds it (logger.tracking_uri,
     MLFLOW_TRACKING_URI, or <paths.outputs>/mlflow.db). Differences in the code or data
     since the original run are reported as warnings."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     from pipeline.config import LoggerConfig
-    from pipeline.tracking import git_state
-    from pipeline.tracking_uri import resolve_tracking_uri
+    from pipeline.tracking import git_state, recorded_run
 
     cfg = _compose(extra)
-    uri = resolve_tracking_uri(LoggerConfig.model_validate(cfg["logger"]), cfg["paths"]["outputs"])
-    try:
-        run = MlflowClient(tracking_uri=uri).get_run(run_id)
-    except MlflowException:
-        raise UserError(
-            f"--from-run {run_id}: no such MLflow run in {redact(uri)}. Check the run id, or "
-            "pass logger.tracking_uri=... / paths.outputs=... for the store that recorded it."
-        ) from None
+    logger = LoggerConfig.model_validate(cfg["logger"])
+    run = recorded_run(logger, cfg["paths"]["outputs"], run_id, f"--from-run {run_id}")
     if OVERRIDES_TAG not in run.data.tags:
         raise UserError(
             f"--from-run {run_id}: the run records no overrides (tag {OVERRIDES_TAG}); it was "

@@ -228,16 +228,22 @@ def is_run_id(text: str) -> bool:
     return re.fullmatch(r"[0-9a-f]{32}", text) is not None
 
 
-def run_dir_of(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> Path:
-    """The run folder an MLflow run was trained in (its `run_dir` tag)."""
+def recorded_run(cfg: LoggerConfig, outputs: str | Path, run_id: str, option: str):
+    """The MLflow run `run_id` in the store training would use; `option` (e.g. 'resume=<id>')
+    names what asked for it in the error."""
     uri = resolve_tracking_uri(cfg, outputs)
     try:
-        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+        return MlflowClient(tracking_uri=uri).get_run(run_id)
     except MlflowException:
         raise UserError(
-            f"resume={run_id}: no such MLflow run in {uri}. Check the run id, or point "
-            "logger.tracking_uri / paths.outputs at the store that recorded it."
+            f"{option}: no such MLflow run in {redact(uri)}. Check the run id, or pass "
+            "logger.tracking_uri=... / paths.outputs=... for the store that recorded it."
         ) from None
+
+
+def run_dir_of(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> Path:
+    """The run folder an MLflow run was trained in (its `run_dir` tag)."""
+    run = recorded_run(cfg, outputs, run_id, f"resume={run_id}")
     if "run_dir" not in run.data.tags:
         raise UserError(
             f"resume={run_id}: that MLflow run has no run_dir tag (it was not trained by "

@@ -206,21 +206,21 @@ def test_lora_on_an_hf_llama_exports_a_peft_adapter(tmp_path, tokenizer) -> None
 
 @pytest.mark.slow
 def test_killed_lora_run_resumes_to_the_same_weights_with_a_small_checkpoint(tmp_path) -> None:
-    """SIGKILL after the first epoch's checkpoint, resume=auto, and compare with a run that
-    was never interrupted: same weights, same MLflow run, no metric step logged twice."""
+    """SIGKILL after an early step checkpoint, resume=auto, and compare with a run that was
+    never interrupted: same weights, same MLflow run, no metric step logged twice."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.data import build_data
 
     warm = app_config([*TINY, "logger=none"], tmp_path / "warm")
     base_dir = hf_gpt2_dir(tmp_path / "gpt2", build_data(warm.data, warm.seed).tokenizer)
-    args = [*TINY, "lora=default", f"model.init_from={base_dir}", "trainer.max_epochs=3"]
-    args += ["optim.batch_size=4"]  # more steps per epoch: time to kill before the end
+    args = [*TINY, "lora=default", f"model.init_from={base_dir}"]
+    args += ["trainer.checkpoint.every_n_train_steps=5"]  # killed at step 5, well before the end
 
     straight = run_cli("train", f"paths.outputs={tmp_path / 'a'}", *args)
     assert straight.returncode == 0, straight.stderr[-2000:]
     outputs = tmp_path / "b"
-    kill_at_step(outputs, 1, signal.SIGKILL, *args).wait(timeout=60)
+    kill_at_step(outputs, 5, signal.SIGKILL, *args).wait(timeout=60)
     (run_dir,) = (p.parent for p in outputs.glob("runs/*/*/*/run.json"))
     first = json.loads((run_dir / "run.json").read_text())
     assert first["status"] == "RUNNING"
