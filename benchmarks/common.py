@@ -209,18 +209,9 @@ def transformers_gpt2(
     """transformers' GPT2LMHeadModel of the same shape, with PyTorch's SDPA attention."""
     import transformers
 
-    config = transformers.GPT2Config(
-        vocab_size=shape.vocab_size,
-        n_positions=shape.context_length,
-        n_embd=shape.emb_dim,
-        n_head=shape.n_heads,
-        n_layer=shape.n_layers,
-        resid_pdrop=shape.drop_rate,
-        embd_pdrop=shape.drop_rate,
-        attn_pdrop=shape.drop_rate,
-        layer_norm_epsilon=shape.layer_norm_eps,
-        attn_implementation="sdpa",
-    )
+    from pipeline.model.weights import hf_config
+
+    config = transformers.GPT2Config(**hf_config(shape, None, None), attn_implementation="sdpa")
     model = transformers.GPT2LMHeadModel(config)
     return model, lambda ids: model(input_ids=ids).logits
 

@@ -86,6 +86,11 @@ class TrackedRun:
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
+def _command() -> str:
+    """The command line that started this process, credentials redacted."""
+    return redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+
+
 def _retry_locked(call: Any, *args: Any, **kwargs: Any) -> Any:
     """SQLite admits one writer at a time. MLflow's busy_timeout covers waiting for the lock,
     but a transaction that must upgrade a read lock fails at once with 'database is locked'
@@ -147,7 +152,7 @@ def start_run(
     experiment_id = get_or_create_experiment(client, cfg.experiment_name, artifact_root)
     tags = {
         "run_dir": str(run_dir),
-        "command": redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])),
+        "command": _command(),
         "mlflow.source.name": "pipeline.train",
         "mlflow.source.type": "LOCAL",
         "mlflow.user": getpass.getuser(),
@@ -182,7 +187,7 @@ def start_parent_run(cfg: LoggerConfig, outputs: str | Path, sweep: Mapping[str,
     if not client.tracking_uri.startswith("http"):
         artifact_root = Path(outputs).resolve() / "mlartifacts"
     experiment_id = get_or_create_experiment(client, cfg.experiment_name, artifact_root)
-    tags = {"sweep": "parent", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    tags = {"sweep": "parent", "command": _command()}
     run = client.create_run(experiment_id, tags={**tags, **git_state()}, run_name="sweep")
     client.log_batch(
         run.info.run_id, params=[Param(k, v[:PARAM_VALUE_LIMIT]) for k, v in sweep.items()]

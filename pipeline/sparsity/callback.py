@@ -39,6 +39,8 @@ class SparsityCallback(pl.Callback):
         self.history: list[tuple[int, float]] = []
         self.report: dict[str, float] = {}
         self._grads: dict[str, torch.Tensor] = {}
+        # masks read from the checkpoint being resumed, applied when training starts
+        self._restored: dict[str, torch.Tensor] = {}
         self._hook = None
         self._activations: ActivationCounter | None = None
 
@@ -47,7 +49,8 @@ class SparsityCallback(pl.Callback):
         self.trainer = trainer
         self.schedule = Schedule.for_run(self.cfg, int(trainer.estimated_stepping_batches))
         self.step = trainer.global_step
-        if self.pruner.masks:  # restored from a checkpoint
+        if self._restored:
+            self.pruner.load(self._restored)
             self.pruner.apply(trainer.optimizers[0])
         else:
             self._update(self.step)
@@ -78,8 +81,7 @@ class SparsityCallback(pl.Callback):
         """Every rank computes the same masks from the same weights and all-reduced gradients;
         rank 0's are sent to all the same, so that a tie broken differently cannot split them."""
         if self.trainer.world_size > 1:
-            masks = self.trainer.strategy.broadcast(self.pruner.state(), src=0)
-            self.pruner.masks = {n: m.to(self.pruner.params[n].device) for n, m in masks.items()}
+            self.pruner.load(self.trainer.strategy.broadcast(self.pruner.state(), src=0))
             self.pruner.apply()
 
     def _update(self, step: int) -> None:
@@ -135,5 +137,5 @@ class SparsityCallback(pl.Callback):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         saved = checkpoint.get(SPARSITY_KEY)
         if saved:
-            self.pruner.masks = dict(saved["masks"])
+            self._restored = dict(saved["masks"])
             self.history = [tuple(h) for h in saved["history"]]

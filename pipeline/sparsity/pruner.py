@@ -11,7 +11,7 @@ from torch import nn
 from pipeline.config import SparsityConfig
 from pipeline.errors import UserError
 from pipeline.sparsity.masks import drop_and_grow, keep_in_groups, select
-from pipeline.sparsity.targets import apply_masks, linear_layers, parameters
+from pipeline.sparsity.targets import linear_layers, parameters
 
 
 class Pruner:
@@ -19,15 +19,18 @@ class Pruner:
         self.cfg = cfg
         self.model = model
         self.layers = layers
+        # Looked up once: moving the model to a device keeps its Parameter objects.
         self.params = parameters(model)
-        # parameter name -> keep mask (True: the entry is kept)
+        self.weights = {f"{layer}.weight": self.params[f"{layer}.weight"] for layer in layers}
+        # parameter name -> keep mask (True: the entry is kept), on its parameter's device
         self.masks: dict[str, torch.Tensor] = {}
         if cfg.pattern == "structured":
             self.units = self._unit_groups()
 
-    @property
-    def weights(self) -> dict[str, nn.Parameter]:
-        return {f"{layer}.weight": self.params[f"{layer}.weight"] for layer in self.layers}
+    def load(self, masks: dict[str, torch.Tensor]) -> None:
+        """Take masks computed elsewhere (a checkpoint, rank 0), placed beside their
+        parameters once rather than copied at every step."""
+        self.masks = {name: keep.to(self.params[name].device) for name, keep in masks.items()}
 
     def _scores(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """|W| (times the input norms for wanda), -inf where already pruned."""
@@ -141,21 +144,21 @@ class Pruner:
     def apply(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Zero the masked weights, and their optimizer moments (or momentum would bring them
         back)."""
-        apply_masks(self.model, self.masks)
-        if optimizer is None:
-            return
         for name, keep in self.masks.items():
             param = self.params[name]
+            param.mul_(keep)
+            if optimizer is None:
+                continue
             for value in optimizer.state.get(param, {}).values():
                 if torch.is_tensor(value) and value.shape == param.shape:
-                    value.mul_(keep.to(value.device))
+                    value.mul_(keep)
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         for name, keep in self.masks.items():
             grad = self.params[name].grad
             if grad is not None:
-                grad.mul_(keep.to(grad.device))
+                grad.mul_(keep)
 
     def dense_grads(self) -> dict[str, torch.Tensor]:
         return {
@@ -168,8 +171,8 @@ class Pruner:
         for name, w in self.weights.items():
             if name not in grads:
                 continue
-            new = drop_and_grow(w, self.masks[name].to(w.device), grads[name], fraction)
-            w.mul_(new & self.masks[name].to(w.device))
+            new = drop_and_grow(w, self.masks[name], grads[name], fraction)
+            w.mul_(new & self.masks[name])
             self.masks[name] = new
 
     def penalty(self) -> torch.Tensor:
