@@ -211,7 +211,11 @@ def transformers_gpt2(
 
     from pipeline.model.weights import hf_config
 
-    config = transformers.GPT2Config(**hf_config(shape, None, None), attn_implementation="sdpa")
+    # Random tokens have no special ones; GPT2Config's default ids (50256) would lie outside a
+    # small vocabulary.
+    config = transformers.GPT2Config(
+        **hf_config(shape, None, None), bos_token_id=0, eos_token_id=0, attn_implementation="sdpa"
+    )
     model = transformers.GPT2LMHeadModel(config)
     return model, lambda ids: model(input_ids=ids).logits
 

@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import errno
-import math
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -104,21 +104,49 @@ class StopOnSignal(pl.Callback):
 
 
 class StopOnNonFiniteLoss(pl.Callback):
-    """A NaN or infinite training loss ends the run before any checkpoint is written after it
-    (checkpoint callbacks run after this one), so the last checkpoint on disk is a good one."""
+    """A NaN or infinite training loss ends the run before any checkpoint is written after it,
+    so the last checkpoint on disk is a good one.
+
+    Reading a loss on the host waits for the device, so a check at every step would stall a GPU
+    once per step. Each step's loss stays on the device instead, and is read where
+    Lightning reads the device anyway (the steps it sends to the logger) and wherever it must
+    be: before a checkpoint is written, before validation and at the end of training. The error
+    still names the first non-finite step.
+    """
 
     def __init__(self, checkpoint_dir: Path):
         self.checkpoint_dir = checkpoint_dir
+        self._pending: list[tuple[torch.Tensor, str]] = []  # (loss, where) since the last read
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        value = float(loss.detach())
-        if math.isfinite(value):
+        where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
+        self._pending.append((loss.detach(), where))
+        if trainer._logger_connector.should_update_logs:
+            self._check()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._check()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._check()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if not self._pending:
             return
+        losses, wheres = zip(*self._pending, strict=True)
+        self._pending = []
+        finite = torch.isfinite(torch.stack(losses)).tolist()
+        if all(finite):
+            return
+        first = finite.index(False)
+        value, where = float(losses[first]), wheres[first]
         saved = sorted(self.checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
         good = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was saved"
         raise UserError(
-            f"The training loss became {value} at step {trainer.global_step} (epoch "
-            f"{trainer.current_epoch}, batch {batch_idx}); training stopped and {good}. "
-            "Lower optim.lr, set optim.gradient_clip_val, or use trainer.precision=32-true."
+            f"The training loss became {value} at {where}; training stopped and {good}. Lower "
+            "optim.lr, set optim.gradient_clip_val, or use trainer.precision=32-true."
         )

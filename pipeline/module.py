@@ -114,9 +114,11 @@ class GPTLightningModule(pl.LightningModule):
         )
         # The epoch means of the training loss (and accuracy) so far. Kept in checkpoints, so a
         # run resumed mid-epoch reports the same train/*_epoch as one never interrupted.
-        self.train_means = nn.ModuleDict({"loss": MeanMetric()})
+        # No NaN check: it reads the value on the host at every step, and a NaN loss stops the
+        # run anyway (faults.StopOnNonFiniteLoss).
+        self.train_means = nn.ModuleDict({"loss": MeanMetric(nan_strategy="disable")})
         if not self.is_lm:
-            self.train_means["acc"] = MeanMetric()
+            self.train_means["acc"] = MeanMetric(nan_strategy="disable")
         self._window_tokens = 0
         self._window_start = time.perf_counter()
 
@@ -146,7 +148,8 @@ class GPTLightningModule(pl.LightningModule):
         loss, pooled = self._step(batch)
         size = batch["input_ids"].shape[0]
         self.train_means["loss"](loss.detach(), size)
-        self.log("train/loss", self.train_means["loss"], on_step=True, on_epoch=True, prog_bar=True)
+        # Not prog_bar: Lightning would read it on the host after every batch (see progress.py).
+        self.log("train/loss", self.train_means["loss"], on_step=True, on_epoch=True)
         if pooled is not None:
             accuracy = (self._predict(pooled) == batch["labels"].long()).float().mean()
             self.train_means["acc"](accuracy, size)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from pipeline import tracking
@@ -27,6 +27,7 @@ from pipeline.faults import AtomicCheckpointIO, StopOnNonFiniteLoss, StopOnSigna
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.model.weights import load_into
 from pipeline.module import GPTLightningModule
+from pipeline.progress import ProgressBar
 from pipeline.provenance import data_digests, redact, redact_all
 from pipeline.restore import CHECKPOINT_KEY, Trained, has_tokenizer, load_pretrained
 from pipeline.tokenizer import TextTokenizer
@@ -162,7 +163,7 @@ def build_trainer(
         )
     callbacks += search_callbacks()
     if t.enable_progress_bar:
-        callbacks.append(RichProgressBar())
+        callbacks.append(ProgressBar())
     try:
         trainer = pl.Trainer(
             accelerator=t.accelerator,

@@ -322,3 +322,22 @@ def test_a_refused_run_in_a_real_process(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: The training split has 1 distinct label(s)")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_diverged_loss_is_found_at_its_step_however_late_it_is_read(
+    tmp_path: Path, capsys
+) -> None:
+    """The loss is read on the host only at logged steps and before checkpoints, so that a GPU
+    is not stalled at every step; read late or at once, the error names the same first
+    non-finite step, and nothing non-finite was saved."""
+    messages = {}
+    for name, every in {"at once": 1, "late": 50}.items():
+        outputs = tmp_path / name
+        args = [f"paths.outputs={outputs}", *TINY, "optim.lr=1e30"]
+        code, stderr = run_train([*args, f"trainer.log_every_n_steps={every}"], capsys)
+        assert code == 2, stderr
+        messages[name] = re.search(r"loss became (nan|inf) at (step \d+ \(.*?\))", stderr)[2]
+        for checkpoint in outputs.glob("runs/*/*/*/checkpoints/*.ckpt"):
+            state = torch.load(checkpoint, weights_only=True)["state_dict"]
+            assert all(torch.isfinite(v).all() for v in state.values()), checkpoint
+    assert messages["late"] == messages["at once"]

@@ -142,3 +142,40 @@ def test_bf16_mixed_clips_the_fused_optimizer_s_gradients(tmp_path: Path) -> Non
     # The last step's gradients stay in place: clipped to the norm asked for.
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert norm.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the Python-level reads of a tensor's value on the host (`.item()`, `float(t)`,
+    `if t:`, ...): on a GPU each one waits for the device to finish its queued work."""
+
+    READS = frozenset({"item", "tolist", "numpy", "__float__", "__int__", "__bool__"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_steps_between_logged_steps_read_nothing_back_from_the_device(
+    tmp_path: Path,
+) -> None:
+    """The issue's "no host syncs in the step": with the progress bar and the NaN-loss guard on,
+    6 more steps (none of them logged) add no read of a device value to the run."""
+    reads = {}
+    for steps in (6, 12):
+        (tmp_path / str(steps)).mkdir()
+        with HostReads() as mode:
+            train_in_process(
+                [
+                    f"trainer.max_steps={steps}",
+                    "trainer.log_every_n_steps=50",
+                    "trainer.enable_progress_bar=true",
+                ],
+                tmp_path / str(steps),
+            )
+        reads[steps] = mode.count
+    assert reads[6] > 0  # the counter sees the reads at validation and the end of the run
+    assert reads[12] == reads[6]
