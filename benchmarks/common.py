@@ -1,5 +1,6 @@
 """What the benchmark modules share: figures with median/min/max, interleaved rounds, the
-models and the three training loops (this pipeline, a plain PyTorch loop, transformers).
+models and the training loops (this pipeline, a plain PyTorch loop over our GPT or
+transformers' GPT-2).
 
 Every figure comes from repeats interleaved with the cases it is compared with (round 1 of every
 case, then round 2, ...), so a burst of load from other work on a shared machine hits all of
@@ -149,8 +150,13 @@ def pipeline_segment(
     deterministic = torch.are_deterministic_algorithms_enabled()
     trainer, _ = build_trainer(cfg, run_dir, logger, Trained(model, None), False, [])
     ends: list[float] = []
+
+    def batch_end(*args: Any) -> None:
+        synchronize()
+        ends.append(time.perf_counter())
+
     clock = pl.Callback()
-    clock.on_train_batch_end = lambda *args: ends.append(time.perf_counter())
+    clock.on_train_batch_end = batch_end
     kept = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint | ModelSummary)]
     trainer.callbacks = [c for c in kept if type(c).__name__ != "_CheckpointExtras"] + [clock]
     module = GPTLightningModule(model, cfg.optim)
@@ -177,7 +183,8 @@ def plain_segment(
     warmup: int,
 ) -> float:
     """Seconds per step of a hand-written loop doing the same work as the pipeline's step:
-    forward, loss, backward, gradient clipping, the same optimizer and lr schedule."""
+    forward, loss, backward, gradient clipping, the same optimizer and lr schedule, and bf16
+    autocast when cfg.trainer.precision is bf16-mixed."""
     from pipeline.module import build_optimizer, lm_loss, lr_lambda
 
     model.train()
@@ -186,16 +193,26 @@ def plain_segment(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(o.warmup_steps, len(loader), o.scheduler, o.min_lr_ratio)
     )
+    device = next(model.parameters()).device.type
+    bf16 = cfg.trainer.precision == "bf16-mixed"
     ends = []
     for batch in loader:
-        loss = lm_loss(forward(batch["input_ids"]), batch["targets"])
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = lm_loss(forward(batch["input_ids"]), batch["targets"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.gradient_clip_val)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         schedule.step()
+        synchronize()
         ends.append(time.perf_counter())
     return seconds_per_step(ends, warmup)
+
+
+def synchronize() -> None:
+    """Wait for queued CUDA work, so that a step's time is its own."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def ours(shape: GPTConfig) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
@@ -230,17 +247,19 @@ class Peak:
     _operands: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def flops_per_s(self, dtype: torch.dtype) -> float:
+        """The fastest of `repeats` products: a peak is what the machine can do, and a burst of
+        load from other programs only ever slows a product down."""
         if dtype not in self._operands:
             g = torch.Generator().manual_seed(0)
             a, b = (torch.randn(self.n, self.n, generator=g).to(self.device, dtype) for _ in "ab")
             self._operands[dtype] = (a, b)
             a @ b  # warm-up: kernels chosen, memory touched
         a, b = self._operands[dtype]
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        fastest = float("inf")
         for _ in range(self.repeats):
+            synchronize()
+            start = time.perf_counter()
             a @ b
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        return 2 * self.n**3 * self.repeats / (time.perf_counter() - start)
+            synchronize()
+            fastest = min(fastest, time.perf_counter() - start)
+        return 2 * self.n**3 / fastest

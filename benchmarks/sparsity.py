@@ -9,7 +9,9 @@ perplexity of the same split (one measurement each: training is seeded and deter
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 from pathlib import Path
 
 from benchmarks.common import Context, Figure, pipeline_config
@@ -40,7 +42,8 @@ def config(overrides: list[str], outputs: Path):
 
 def train_run(cfg, folder: Path) -> dict:
     folder.mkdir(parents=True)
-    return train(cfg, cfg.model_dump(mode="json"), folder)
+    with contextlib.redirect_stdout(io.StringIO()):  # the run's model summary, not a figure
+        return train(cfg, cfg.model_dump(mode="json"), folder)
 
 
 def val_ppl(trained, cfg) -> float:

@@ -46,11 +46,11 @@ class Size:
 # so cases measured seconds apart see the same load, and the ratio of a round holds.
 SIZES = {
     "smoke": ([Size("gpt-tiny", 256, 2, 32, 1, 2, 2, True)], 256),
-    "quick": ([Size("gpt-mini", 8192, 8, 128, 1, 3, 5, True)], 1024),
+    "quick": ([Size("gpt-mini", 8192, 8, 128, 1, 3, 4, True)], 1024),
     "full": (
         [
-            Size("gpt2-small", 50257, 4, 128, 1, 2, 3, True),
-            Size("gpt-mini", 8192, 16, 128, 1, 4, 10, False),
+            Size("gpt2-small", 50257, 4, 128, 2, 2, 3, True),
+            Size("gpt-mini", 8192, 16, 128, 1, 3, 8, False),
         ],
         2048,
     ),

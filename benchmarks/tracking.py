@@ -23,7 +23,7 @@ TITLE = "MLflow logging overhead"
 # preset, vocab, batch, seq, steps, rounds
 SIZES = {
     "smoke": ("gpt-tiny", 256, 2, 32, 12, 2),
-    "quick": ("gpt-mini", 4096, 8, 64, 40, 3),
+    "quick": ("gpt-mini", 4096, 8, 64, 20, 3),
     "full": ("gpt-mini", 4096, 8, 64, 60, 5),
 }
 WARMUP = 2
