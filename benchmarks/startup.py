@@ -26,7 +26,7 @@ SIZES = {
     # (rounds, overrides of the training command, measure the whole default run)
     "smoke": (1, TINY, False),
     "quick": (2, [], False),
-    "full": (3, [], True),
+    "full": (2, [], True),
 }
 
 

@@ -3,6 +3,7 @@
 Per model shape, interleaved round by round: this pipeline (Lightning, MLflow tracking on) at
 fp32 and bf16-mixed, a plain PyTorch loop over the same model, transformers' GPT2LMHeadModel
 of the same shape in that plain loop, and the fp32 and bf16 matrix-multiply peak of the machine.
+Then the framework's fixed cost per step: pipeline minus plain loop on a tiny model.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from benchmarks.common import (
     train_flops_per_token,
     transformers_gpt2,
 )
+from pipeline.config import AppConfig
 
 TITLE = "Training throughput and MFU"
 
@@ -49,11 +51,20 @@ SIZES = {
     "quick": ([Size("gpt-mini", 8192, 8, 128, 1, 3, 4, True)], 1024),
     "full": (
         [
-            Size("gpt2-small", 50257, 4, 128, 2, 2, 3, True),
-            Size("gpt-mini", 8192, 16, 128, 1, 3, 8, False),
+            Size("gpt2-small", 50257, 4, 128, 2, 1, 3, True),
+            Size("gpt-mini", 8192, 16, 128, 1, 3, 6, False),
         ],
         2048,
     ),
+}
+
+
+# The framework's fixed cost per step, on a model whose compute is too small to hide it: many
+# short steps, so the load of a shared machine averages out within each segment.
+OVERHEAD = {
+    "smoke": Size("gpt-tiny", 256, 2, 32, 2, 10, 2, False),
+    "quick": Size("gpt-tiny", 256, 2, 32, 5, 100, 3, False),
+    "full": Size("gpt-tiny", 256, 2, 32, 5, 200, 5, False),
 }
 
 
@@ -63,7 +74,43 @@ def run(ctx: Context) -> list[Figure]:
     figures: list[Figure] = []
     for size in sizes:
         figures += measure(ctx, size, peak)
-    return figures
+    return figures + overhead(ctx, ctx.pick(OVERHEAD))
+
+
+def config(ctx: Context, size: Size, precision: str = "32-true") -> AppConfig:
+    return pipeline_config(
+        [
+            "trainer=cpu",
+            f"trainer.precision={precision}",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            f"optim.batch_size={size.batch}",
+        ],
+        ctx.workdir / "outputs",
+    )
+
+
+def overhead(ctx: Context, size: Size) -> list[Figure]:
+    """Milliseconds per step that this pipeline adds to the plain loop over the same model."""
+    loader = random_batches(size.vocab, size.batch, size.seq, size.warmup + size.steps)
+    cfg = config(ctx, size)
+    model, forward = ours(gpt_shape(size.preset, size.vocab))
+    s = interleave(
+        {
+            "pipeline": lambda: pipeline_segment(model, loader, cfg, size.warmup),
+            "plain": lambda: plain_segment(model, forward, loader, cfg, size.warmup),
+        },
+        size.rounds,
+    )
+    return [
+        Figure(
+            f"framework overhead per step, {size.preset} ({size.batch}x{size.seq} tokens)",
+            "ms",
+            [1000 * (a - b) for a, b in zip(s["pipeline"], s["plain"], strict=True)],
+            note="pipeline step minus plain step (Lightning, the pipeline's callbacks, MLflow "
+            f"logging every 10 steps), {size.steps} steps per repeat",
+        )
+    ]
 
 
 def measure(ctx: Context, size: Size, peak: Peak) -> list[Figure]:
@@ -71,20 +118,7 @@ def measure(ctx: Context, size: Size, peak: Peak) -> list[Figure]:
     n_batches = size.warmup + size.steps
     loader = random_batches(size.vocab, size.batch, size.seq, n_batches)
     tokens = size.batch * size.seq
-
-    def config(precision: str):
-        return pipeline_config(
-            [
-                "trainer=cpu",
-                f"trainer.precision={precision}",
-                "trainer.max_epochs=1",
-                "trainer.enable_progress_bar=false",
-                f"optim.batch_size={size.batch}",
-            ],
-            ctx.workdir / "outputs",
-        )
-
-    fp32, bf16 = config("32-true"), config("bf16-mixed")
+    fp32, bf16 = config(ctx, size), config(ctx, size, "bf16-mixed")
     torch.manual_seed(0)
     model, forward = ours(shape)
     hf_model, hf_forward = transformers_gpt2(shape)

@@ -24,7 +24,7 @@ TITLE = "MLflow logging overhead"
 SIZES = {
     "smoke": ("gpt-tiny", 256, 2, 32, 12, 2),
     "quick": ("gpt-mini", 4096, 8, 64, 20, 3),
-    "full": ("gpt-mini", 4096, 8, 64, 60, 5),
+    "full": ("gpt-mini", 4096, 8, 64, 60, 4),
 }
 WARMUP = 2
 
