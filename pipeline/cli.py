@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -36,8 +37,10 @@ def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Ca
         @functools.wraps(fn)
         def main(cfg: DictConfig) -> Any:
             _quiet_lightning()
+            app = None
             try:
-                return fn(validate(cfg))
+                app = validate(cfg)
+                return fn(app)
             except TrialPruned as exc:
                 # Not a failure: the search's pruner stopped this trial (recorded in run.json).
                 print(f"Trial pruned: {exc}", file=sys.stderr)
@@ -46,6 +49,8 @@ def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Ca
                 if _is_multirun() and not isinstance(exc, Interrupted):
                     # One failed trial is recorded and the sweep goes on.
                     return _record_failed_trial(exc)
+                if isinstance(exc, Interrupted) and app is not None:
+                    _kill_sweep_parent(app, exc)
                 if not isinstance(exc, UserError):
                     raise
                 _discard_empty_run_dir()
@@ -96,6 +101,17 @@ def _discard_empty_run_dir() -> None:
         p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
     ):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _kill_sweep_parent(cfg: AppConfig, exc: Interrupted) -> None:
+    """A signal stops the whole sweep: its MLflow parent run ends KILLED, not RUNNING."""
+    from pipeline.sweep import PARENT_ENV
+
+    parent = os.environ.get(PARENT_ENV)
+    if _is_multirun() and parent and cfg.logger.name == "mlflow":
+        from pipeline.tracking import kill_parent_run
+
+        kill_parent_run(cfg.logger, cfg.paths.outputs, parent, f"sweep stopped: {exc}")
 
 
 def _is_multirun() -> bool:

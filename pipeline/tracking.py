@@ -220,6 +220,14 @@ def finish_parent_run(
     client.set_terminated(run_id, status="FINISHED" if best is not None else "FAILED")
 
 
+def kill_parent_run(cfg: LoggerConfig, outputs: str | Path, run_id: str, reason: str) -> None:
+    """A sweep stopped by a signal: its parent run ends KILLED, with the reason, instead of
+    staying RUNNING (the summary at the sweep's end never comes)."""
+    client = Client(tracking_uri=resolve_tracking_uri(cfg, outputs))
+    client.set_tag(run_id, "error", redact(reason))
+    client.set_terminated(run_id, status="KILLED")
+
+
 def reopen_run(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> TrackedRun:
     """An interrupted run, back to RUNNING, to continue logging into it."""
     uri = resolve_tracking_uri(cfg, outputs)

@@ -69,7 +69,7 @@ def train_until(outputs: Path, pattern: str, *args: str, timeout: float = 180) -
     """Start `pipeline.train` and return once a file matching `pattern` exists under outputs,
     with the process still running (so that the caller can interrupt it)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", f"paths.outputs={outputs}", *args],
+        [sys.executable, "-m", "pipeline.train", *args, f"paths.outputs={outputs}"],  # -m first
         cwd=PROJECT_ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, kill_at_step, run_cli, step_of
+from tests.conftest import TINY, kill_at_step, run_cli, step_of, train_until
 
 # 20 batches per epoch, last.ckpt every 3 steps, dropout on (so the RNG state matters).
 ARGS = [*TINY, "model.drop_rate=0.1", "trainer.checkpoint.every_n_train_steps=3"]
@@ -139,3 +139,20 @@ def test_from_run_reproduces_a_recorded_run(straight) -> None:
     assert metric_histories(outputs, second.info.run_id) == metric_histories(
         outputs, reference["run_id"]
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_sweep_ends_its_parent_run_killed(tmp_path) -> None:
+    """The summary at a sweep's end never comes after Ctrl-C; the parent run must not be left
+    RUNNING in the UI."""
+    outputs = tmp_path / "outputs"
+    args = ["-m", *ARGS, "trainer.max_epochs=50", "optim.lr=1e-3,3e-3"]
+    proc = train_until(outputs, "multirun/**/checkpoints/last.ckpt", *args)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 128 + signal.SIGINT
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    (trial,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "KILLED" and trial.info.status == "KILLED"
+    assert parent.data.tags["error"].startswith("sweep stopped: Interrupted by SIGINT")
