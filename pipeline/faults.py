@@ -21,6 +21,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline.errors import Interrupted, UserError
 from pipeline.files import atomic_write
+from pipeline.module import is_logged_step
 
 # Errors that mean "no room left", whatever the filesystem calls it.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -116,13 +117,13 @@ class StopOnNonFiniteLoss(pl.Callback):
 
     def __init__(self, checkpoint_dir: Path):
         self.checkpoint_dir = checkpoint_dir
-        self._pending: list[tuple[torch.Tensor, str]] = []  # (loss, where) since the last read
+        # (loss, step, epoch, batch) of the steps since the last read
+        self._pending: list[tuple[torch.Tensor, int, int, int]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
-        self._pending.append((loss.detach(), where))
-        if trainer._logger_connector.should_update_logs:
+        self._pending.append((loss.detach(), trainer.global_step, trainer.current_epoch, batch_idx))
+        if is_logged_step(trainer):
             self._check()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -137,16 +138,15 @@ class StopOnNonFiniteLoss(pl.Callback):
     def _check(self) -> None:
         if not self._pending:
             return
-        losses, wheres = zip(*self._pending, strict=True)
-        self._pending = []
-        finite = torch.isfinite(torch.stack(losses)).tolist()
+        pending, self._pending = self._pending, []
+        finite = torch.isfinite(torch.stack([loss for loss, *_ in pending])).tolist()
         if all(finite):
             return
-        first = finite.index(False)
-        value, where = float(losses[first]), wheres[first]
+        loss, step, epoch, batch = pending[finite.index(False)]
         saved = sorted(self.checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
         good = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was saved"
         raise UserError(
-            f"The training loss became {value} at {where}; training stopped and {good}. Lower "
-            "optim.lr, set optim.gradient_clip_val, or use trainer.precision=32-true."
+            f"The training loss became {float(loss)} at step {step} (epoch {epoch}, batch "
+            f"{batch}); training stopped and {good}. Lower optim.lr, set "
+            "optim.gradient_clip_val, or use trainer.precision=32-true."
         )

@@ -94,6 +94,13 @@ def build_optimizer(model: nn.Module, o: OptimConfig, fused: bool = True) -> tor
 TRAIN_MEANS_KEY = "train_epoch_means"
 
 
+def is_logged_step(trainer: pl.Trainer) -> bool:
+    """Whether Lightning sends this training step's metrics to the logger (it decides right
+    after on_train_batch_end). Lightning reads logged values on the host there anyway, so it is
+    where work that must read the device belongs, rather than at every step."""
+    return trainer._logger_connector.should_update_logs
+
+
 class GPTLightningModule(pl.LightningModule):
     def __init__(
         self,
@@ -174,9 +181,9 @@ class GPTLightningModule(pl.LightningModule):
                 setattr(metric, key, value.to(getattr(metric, key).device))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # Only on the steps Lightning sends to the logger (it decides right after this hook):
-        # logging a Python float creates a device tensor, which has no place in every step.
-        if not self.trainer._logger_connector.should_update_logs:
+        # Only on logged steps: logging a Python float creates a device tensor, which has no
+        # place in every step.
+        if not is_logged_step(self.trainer):
             return
         # Tokens/s since the last logged step, from wall time; the token count is a Python int
         # from the collator, so it costs no device sync.

@@ -7,6 +7,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
 
+from pipeline.module import is_logged_step
+
 
 class ProgressBar(RichProgressBar):
     """Lightning's rich progress bar, showing the training loss as of the last step sent to the
@@ -23,7 +25,7 @@ class ProgressBar(RichProgressBar):
         self._between_logged_steps = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx):
-        self._between_logged_steps = not trainer._logger_connector.should_update_logs
+        self._between_logged_steps = not is_logged_step(trainer)
         try:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         finally:

@@ -224,7 +224,8 @@ def kill_parent_run(cfg: LoggerConfig, outputs: str | Path, run_id: str, reason:
     """A sweep stopped by a signal: its parent run ends KILLED, with the reason, instead of
     staying RUNNING (the summary at the sweep's end never comes)."""
     client = Client(tracking_uri=resolve_tracking_uri(cfg, outputs))
-    client.set_tag(run_id, "error", redact(reason))
+    # log_batch, not set_tag: Client retries it when parallel trials hold the SQLite lock.
+    client.log_batch(run_id, tags=[RunTag("error", redact(reason))])
     client.set_terminated(run_id, status="KILLED")
 
 

@@ -38,7 +38,7 @@ class Pruner:
         for name, w in weights.items():
             score = w.detach().abs().float()
             if name in self.masks:
-                score = score.masked_fill(~self.masks[name].to(score.device), -torch.inf)
+                score = score.masked_fill(~self.masks[name], -torch.inf)
             scores[name] = score
         return scores
 
@@ -127,7 +127,7 @@ class Pruner:
             name, dim, size = members[0]
             if name in self.masks:
                 pruned = ~self.masks[name].movedim(dim, 0).reshape(score.shape[0], -1).any(1)
-                score = score.masked_fill(pruned.to(score.device), -torch.inf)
+                score = score.masked_fill(pruned, -torch.inf)
             scores[group] = score
         kept_units = select(scores, sparsity, self.cfg.scope, self.cfg.max_layer_sparsity)
         masks = {}
