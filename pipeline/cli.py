@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -16,9 +16,9 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import sweep_stop
 from pipeline.config import CONF_DIR, PROJECT_ROOT, AppConfig, validate
 from pipeline.errors import Interrupted, TrialPruned, UserError
 from pipeline.files import write_json
@@ -37,20 +37,28 @@ def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Ca
         @functools.wraps(fn)
         def main(cfg: DictConfig) -> Any:
             _quiet_lightning()
-            app = None
+            stop = sweep_stop.marker()  # None outside a sweep
+            if stop is not None:
+                sweep_stop.install(stop)
+                if (signum := sweep_stop.stop_signal(stop)) is not None:
+                    _discard_empty_run_dir()
+                    name = signal.Signals(signum).name
+                    return {"status": "KILLED", "error": f"not started: sweep stopped by {name}"}
             try:
-                app = validate(cfg)
-                return fn(app)
+                return fn(validate(cfg))
             except TrialPruned as exc:
                 # Not a failure: the search's pruner stopped this trial (recorded in run.json).
                 print(f"Trial pruned: {exc}", file=sys.stderr)
                 return {"status": "PRUNED", "error": str(exc)}
             except Exception as exc:
-                if _is_multirun() and not isinstance(exc, Interrupted):
+                if stop is not None and isinstance(exc, Interrupted):
+                    # The trial's run is KILLED with its checkpoint; the sweep ends in order.
+                    sweep_stop.request_stop(stop, exc.signum)
+                    print(f"error: {exc}", file=sys.stderr)
+                    return {"status": "KILLED", "error": str(exc)}
+                if stop is not None:
                     # One failed trial is recorded and the sweep goes on.
                     return _record_failed_trial(exc)
-                if isinstance(exc, Interrupted) and app is not None:
-                    _kill_sweep_parent(app, exc)
                 if not isinstance(exc, UserError):
                     raise
                 _discard_empty_run_dir()
@@ -101,21 +109,6 @@ def _discard_empty_run_dir() -> None:
         p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
     ):
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _kill_sweep_parent(cfg: AppConfig, exc: Interrupted) -> None:
-    """A signal stops the whole sweep: its MLflow parent run ends KILLED, not RUNNING."""
-    from pipeline.sweep import PARENT_ENV
-
-    parent = os.environ.get(PARENT_ENV)
-    if _is_multirun() and parent and cfg.logger.name == "mlflow":
-        from pipeline.tracking import kill_parent_run
-
-        kill_parent_run(cfg.logger, cfg.paths.outputs, parent, f"sweep stopped: {exc}")
-
-
-def _is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _record_failed_trial(exc: Exception) -> dict[str, str]:

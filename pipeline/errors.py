@@ -15,6 +15,7 @@ class Interrupted(UserError):
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
+        self.signum = signum
         # 128 + the signal number: what a shell reports for a process ended by that signal.
         self.exit_code = 128 + signum
 

@@ -2,6 +2,8 @@
 
 - checkpoints are written atomically (temporary name, fsync, rename), and a full disk is
   reported as such, with the previous checkpoint left loadable;
+- a checkpoint appears only once the metrics of every step it covers are in the tracking
+  store, so a resumed run's metric history has no gap;
 - SIGTERM (SLURM preemption, `kill`) and Ctrl-C stop training after the current batch with a
   checkpoint saved, so `resume=` continues exactly where it stopped;
 - a NaN or infinite loss stops training before anything is saved after it.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +23,35 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline.errors import Interrupted, UserError
-from pipeline.files import atomic_write
+from pipeline.files import publish, write_beside
 from pipeline.module import is_logged_step
+from pipeline.sweep_stop import stop_signal
 
 # Errors that mean "no room left", whatever the filesystem calls it.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch.save, written beside the target and renamed over it once on disk."""
+    """Lightning's torch.save, written beside the target and renamed over it once on disk.
+
+    A checkpoint is renamed into place only after `before_publish` (the tracking logger's
+    flush) has put every metric of the steps it covers in the store, so a run killed at any
+    moment and resumed from its newest checkpoint leaves no gap in its metric history. Lightning
+    saves before it logs the step (and the epoch) that the checkpoint covers: while `held` (see
+    `PublishAfterMetrics`), checkpoints written, and the older ones they replace, wait for
+    `publish()`.
+    """
+
+    def __init__(self, before_publish: Callable[[], None] | None = None):
+        super().__init__()
+        self.before_publish = before_publish
+        self.held = False
+        # (temporary file, target) to rename, or (None, path) to remove, in order
+        self._pending: list[tuple[Path | None, Path]] = []
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         try:
-            atomic_write(
+            tmp = write_beside(
                 path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp)
             )
         except OSError as exc:
@@ -43,6 +62,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "half-written, and earlier checkpoints are intact. Free disk space (or set "
                 "paths.outputs to a larger disk), then continue with resume=<run folder>."
             ) from None
+        self._pending.append((tmp, Path(path)))
+        if not self.held:
+            self.publish()
+
+    def remove_checkpoint(self, path) -> None:
+        self._pending.append((None, Path(path)))
+        if not self.held:
+            self.publish()
+
+    def publish(self) -> None:
+        self.held = False
+        if not self._pending:
+            return
+        if self.before_publish is not None:
+            self.before_publish()
+        pending, self._pending = self._pending, []
+        for tmp, path in pending:
+            if tmp is None:
+                super().remove_checkpoint(path)
+            else:
+                publish(tmp, path)
+
+
+class PublishAfterMetrics(pl.Callback):
+    """Holds the checkpoint files Lightning writes from a training batch's end until it has
+    logged what they cover: the batch's step metrics right after on_train_batch_end, and after
+    an epoch's last batch, its validation and then the epoch's training means (after
+    on_train_epoch_end). The next hook after that publishes them. Lightning runs checkpoint
+    callbacks after this one, so the hold is in place before they save."""
+
+    def __init__(self, io: AtomicCheckpointIO):
+        self.io = io
+        self._epoch_ends = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.io.held = bool(trainer.loggers)
+        self._epoch_ends = batch_idx + 1 >= trainer.num_training_batches or (
+            0 <= trainer.max_steps <= trainer.global_step
+        )
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not self._epoch_ends:
+            self.io.publish()
+
+    def _publish(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self.io.publish()
+
+    on_train_batch_start = on_train_epoch_start = on_train_end = _publish
+    on_exception = teardown = _publish
 
 
 class StopOnSignal(pl.Callback):
@@ -54,8 +122,10 @@ class StopOnSignal(pl.Callback):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, checkpoint_dir: Path):
+    def __init__(self, checkpoint_dir: Path, sweep_stop: Path | None = None):
         self.checkpoint = checkpoint_dir / "last.ckpt"
+        # In a sweep, another process may take the signal (see sweep_stop.py).
+        self.sweep_stop = sweep_stop
         self.signum: int | None = None
         self.saved = False
         self._trainer: pl.Trainer | None = None
@@ -93,6 +163,10 @@ class StopOnSignal(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = trainer
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.signum is None and self.sweep_stop is not None and self.sweep_stop.exists():
+            self._handle(stop_signal(self.sweep_stop) or signal.SIGTERM, None)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = None

@@ -13,6 +13,12 @@ from typing import Any
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, flush it to disk, then rename it
     over `path`: a crash at any point leaves either the old file or the new one, whole."""
+    return publish(write_beside(path, write), path)
+
+
+def write_beside(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """The first half of `atomic_write`: the new content, on disk under a temporary name
+    beside `path`, which is still untouched. `publish` puts it in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -20,9 +26,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     try:
         write(Path(tmp))
         _fsync(tmp)
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def publish(tmp: Path, path: str | Path) -> Path:
+    """Rename a file written by `write_beside` over `path`, durably."""
+    path = Path(path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     _fsync(path.parent)  # the rename itself
     return path

@@ -17,13 +17,18 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from pipeline import tracking
+from pipeline import sweep_stop, tracking
 from pipeline.config import AppConfig, LoggerConfig
 from pipeline.data import Collator, DataBundle, TextDataModule, build_data
 from pipeline.distributed import global_rank, weights_digest
 from pipeline.errors import Interrupted, TrialPruned, UserError
 from pipeline.export import export_trained
-from pipeline.faults import AtomicCheckpointIO, StopOnNonFiniteLoss, StopOnSignal
+from pipeline.faults import (
+    AtomicCheckpointIO,
+    PublishAfterMetrics,
+    StopOnNonFiniteLoss,
+    StopOnSignal,
+)
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.model.weights import load_into
 from pipeline.module import GPTLightningModule
@@ -143,9 +148,11 @@ def build_trainer(
         # Overwrite, never last-v1.ckpt: last.ckpt is the newest state, whoever wrote it.
         enable_version_counter=False,
     )
+    io = AtomicCheckpointIO(before_publish=logger.flush if logger is not None else None)
     # Lightning runs checkpoint callbacks after the others: a NaN loss stops before a save.
     callbacks: list[pl.Callback] = [
         checkpoint,
+        PublishAfterMetrics(io),
         _CheckpointExtras(trained),
         StopOnNonFiniteLoss(checkpoint_dir),
         *extra,
@@ -183,7 +190,7 @@ def build_trainer(
             enable_progress_bar=t.enable_progress_bar,
             logger=logger if logger is not None else False,
             callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()],
+            plugins=[io],
             default_root_dir=run_dir,
         )
     except (MisconfigurationException, ValueError) as exc:
@@ -282,7 +289,7 @@ def train(cfg: AppConfig, config_dict: dict[str, Any], run_dir: Path) -> dict[st
     if cfg.resume:
         resume = locate_resume(cfg.resume, outputs, cfg.logger.experiment_name, cfg.logger)
         run_dir = resume.run_dir
-    with StopOnSignal(run_dir / "checkpoints") as stop:
+    with StopOnSignal(run_dir / "checkpoints", sweep_stop.marker()) as stop:
         return _train(cfg, config_dict, run_dir, resume, stop)
 
 

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ValidationError
 
+from pipeline import sweep_stop
 from pipeline.errors import UserError
 from pipeline.files import atomic_write, write_text
 
@@ -49,6 +51,10 @@ class SweepSummary(Callback):
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
+        # A search continued in its folder may find the last stop's file there.
+        stop = Path(config.hydra.sweep.dir) / sweep_stop.MARKER
+        stop.unlink(missing_ok=True)
+        sweep_stop.install(stop)
         if config.logger.name != "mlflow":
             return
         from pipeline.config import LoggerConfig
@@ -77,6 +83,8 @@ class SweepSummary(Callback):
         write_text(root / "sweep_summary.csv", csv_table(rows, metric))
         plot = plot_trials(rows, metric, root / "sweep_summary.png")
         print(table)
+        signum = sweep_stop.stop_signal(root / sweep_stop.MARKER)
+        stopped = f"Sweep stopped by {signal.Signals(signum).name}" if signum else None
         parent = os.environ.pop(PARENT_ENV, None)
         if parent:
             from pipeline.tracking import finish_parent_run
@@ -84,7 +92,14 @@ class SweepSummary(Callback):
             if best is not None:
                 best = {**best, "params": {k: best["params"][k] for k in _swept(rows)}}
             files = [root / "sweep_summary.md", root / "sweep_summary.csv", plot]
-            finish_parent_run(config, parent, best, metric, [f for f in files if f])
+            finish_parent_run(config, parent, best, metric, [f for f in files if f], stopped)
+        if signum:
+            print(
+                f"{stopped}: the trials that were running saved a checkpoint and each continues "
+                "with resume=<its folder>; the others did not start.",
+                file=sys.stderr,
+            )
+            sys.exit(128 + signum)
 
 
 def objective(config: DictConfig) -> tuple[str, str]:

@@ -196,9 +196,15 @@ def start_parent_run(cfg: LoggerConfig, outputs: str | Path, sweep: Mapping[str,
 
 
 def finish_parent_run(
-    config, run_id: str, best: dict | None, metric: str, files: list[Path]
+    config,
+    run_id: str,
+    best: dict | None,
+    metric: str,
+    files: list[Path],
+    stopped: str | None = None,
 ) -> None:
-    """The sweep's summary files, its best trial, and the end of the parent run."""
+    """The sweep's summary files, its best trial, and the end of the parent run: KILLED with
+    the reason when a signal `stopped` the sweep."""
     from omegaconf import OmegaConf
 
     from pipeline.config import LoggerConfig
@@ -207,26 +213,19 @@ def finish_parent_run(
     client = Client(tracking_uri=resolve_tracking_uri(cfg, config.paths.outputs))
     for path in files:
         client.log_artifact(run_id, str(path))
+    tags = [RunTag("error", stopped)] if stopped else []
+    metrics, params = [], []
     if best is not None:
-        client.log_batch(
-            run_id,
-            metrics=[Metric(f"best/{metric}", float(best["value"]), int(time.time() * 1000), 0)],
-            params=[Param(f"best.{k}", str(v)) for k, v in best["params"].items()],
-            tags=[
-                RunTag("best_run_id", best["run_id"] or ""),
-                RunTag("best_trial", str(best["trial"])),
-            ],
-        )
-    client.set_terminated(run_id, status="FINISHED" if best is not None else "FAILED")
-
-
-def kill_parent_run(cfg: LoggerConfig, outputs: str | Path, run_id: str, reason: str) -> None:
-    """A sweep stopped by a signal: its parent run ends KILLED, with the reason, instead of
-    staying RUNNING (the summary at the sweep's end never comes)."""
-    client = Client(tracking_uri=resolve_tracking_uri(cfg, outputs))
+        metrics = [Metric(f"best/{metric}", float(best["value"]), int(time.time() * 1000), 0)]
+        params = [Param(f"best.{k}", str(v)) for k, v in best["params"].items()]
+        tags += [
+            RunTag("best_run_id", best["run_id"] or ""),
+            RunTag("best_trial", str(best["trial"])),
+        ]
     # log_batch, not set_tag: Client retries it when parallel trials hold the SQLite lock.
-    client.log_batch(run_id, tags=[RunTag("error", redact(reason))])
-    client.set_terminated(run_id, status="KILLED")
+    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+    status = "KILLED" if stopped else "FINISHED" if best is not None else "FAILED"
+    client.set_terminated(run_id, status=status)
 
 
 def reopen_run(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> TrackedRun:
@@ -317,7 +316,6 @@ class BatchedMLflowLogger(Logger):
         self.flush_every, self.flush_seconds = flush_every, flush_seconds
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
-        self._flush_next = False
 
     @property
     def name(self) -> str:
@@ -344,9 +342,9 @@ class BatchedMLflowLogger(Logger):
             return
         for key, value in metrics.items():
             self._buffer.append(Metric(key, float(value), timestamp, step or 0))
+        # Checkpoints flush too, before they appear (faults.AtomicCheckpointIO).
         if (
-            self._flush_next
-            or len(self._buffer) >= self.flush_every
+            len(self._buffer) >= self.flush_every
             or time.monotonic() - self._last_flush > self.flush_seconds
         ):
             self.flush()
@@ -359,19 +357,10 @@ class BatchedMLflowLogger(Logger):
             )
         self._buffer.clear()
         self._last_flush = time.monotonic()
-        self._flush_next = False
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
         self.flush()
-
-    @rank_zero_only
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        # Everything up to a checkpoint is in the store: a run killed later and resumed from
-        # it replays only steps already logged (skipped) and then new ones; none go missing.
-        # Lightning saves before it logs the batch's own metrics: those are flushed at once.
-        self.flush()
-        self._flush_next = True
 
     def save(self) -> None:
         # Lightning calls save() after every log_metrics; flushing here would undo the batching.

@@ -65,18 +65,22 @@ def run_cli(
     )
 
 
-def train_until(outputs: Path, pattern: str, *args: str, timeout: float = 180) -> subprocess.Popen:
-    """Start `pipeline.train` and return once a file matching `pattern` exists under outputs,
-    with the process still running (so that the caller can interrupt it)."""
+def train_until(
+    outputs: Path, pattern: str, *args: str, count: int = 1, timeout: float = 180
+) -> subprocess.Popen:
+    """Start `pipeline.train` and return once `count` files matching `pattern` exist under
+    outputs, with the process still running (so that the caller can interrupt it). The process
+    leads its own process group, as a command started from a terminal does."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", *args, f"paths.outputs={outputs}"],  # -m first
         cwd=PROJECT_ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout
-    while not list(outputs.glob(pattern)):
+    while len(list(outputs.glob(pattern))) < count:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"training ended or timed out before {pattern} appeared")

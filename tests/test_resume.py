@@ -5,6 +5,7 @@ runs again from its MLflow record alone (--from-run)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, kill_at_step, run_cli, step_of, train_until
+from tests.conftest import TINY, app_config, kill_at_step, run_cli, step_of, train_until
 
 # 20 batches per epoch, last.ckpt every 3 steps, dropout on (so the RNG state matters).
 ARGS = [*TINY, "model.drop_rate=0.1", "trainer.checkpoint.every_n_train_steps=3"]
@@ -81,6 +82,48 @@ def test_sigkill_at_a_random_step_resumes_to_identical_weights_and_metrics(tmp_p
     assert f"Resuming {run_dir}" in resumed.stdout
     record = assert_same_run(outputs, straight)
     assert record["run_id"] == first["run_id"]
+
+
+def test_a_checkpoint_appears_only_once_the_metrics_of_its_steps_are_in_mlflow(
+    tmp_path, monkeypatch
+):
+    """What a SIGKILL at the worst moment finds: at each instant a checkpoint is renamed into
+    place, the store already holds every metric of the steps it covers (MLflow step k is the
+    batch that makes global step k + 1), since a run resumed from it never logs them again.
+    Lightning saves a step's checkpoint before it logs that step, and logs validation before
+    the checkpoint that follows it."""
+    from pipeline import faults
+    from pipeline.runner import train
+
+    outputs = tmp_path / "outputs"
+    cfg = app_config(ARGS, outputs)
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+
+    def stored() -> set[tuple[str, int, float]]:
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        return {
+            (key, m.step, m.value)
+            for key in run.data.metrics
+            for m in client.get_metric_history(run.info.run_id, key)
+        }
+
+    seen: list[tuple[int, set]] = []
+
+    def publish(tmp: Path, path: Path) -> Path:
+        faults_publish(tmp, path)
+        seen.append((step_of(path), stored()))
+        return path
+
+    faults_publish = faults.publish
+    monkeypatch.setattr(faults, "publish", publish)
+    (tmp_path / "run").mkdir()
+    train(cfg, cfg.model_dump(mode="json"), tmp_path / "run")
+
+    final = stored()
+    assert len(seen) > 2 * BATCHES_PER_EPOCH // 3  # every 3 steps, and at each epoch's end
+    for step, store in seen:
+        missing = {m for m in final if m[1] < step} - store
+        assert not missing, f"checkpoint at step {step} appeared before {sorted(missing)[:3]}"
 
 
 @pytest.mark.slow
@@ -155,4 +198,39 @@ def test_ctrl_c_during_a_sweep_ends_its_parent_run_killed(tmp_path) -> None:
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
     (trial,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "KILLED" and trial.info.status == "KILLED"
-    assert parent.data.tags["error"].startswith("sweep stopped: Interrupted by SIGINT")
+    assert parent.data.tags["error"] == "Sweep stopped by SIGINT"
+    # The second trial never started; the summary still lists the first.
+    assert "KILLED" in next(outputs.glob("multirun/*/*/sweep_summary.md")).read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "group", [True, False], ids=["Ctrl-C to every process", "SIGTERM to the sweep's only"]
+)
+def test_a_signal_during_a_parallel_sweep_stops_every_trial_in_order(tmp_path, group) -> None:
+    """Trials in worker processes: those running save a checkpoint and end KILLED, the queued
+    one never starts, and the sweep ends with its parent KILLED, whether every process took the
+    signal (a terminal's Ctrl-C) or only the sweep's own (`kill <pid>`)."""
+    outputs = tmp_path / "outputs"
+    args = ["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", *ARGS]
+    args += ["trainer.max_epochs=50", "optim.lr=1e-3,2e-3,3e-3"]
+    proc = train_until(outputs, "multirun/**/checkpoints/last.ckpt", *args, count=2)
+    sig = signal.SIGINT if group else signal.SIGTERM
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    assert proc.wait(timeout=90) == 128 + sig
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["error"] == f"Sweep stopped by {signal.Signals(sig).name}"
+    assert len(trials) == 2 and {t.info.status for t in trials} == {"KILLED"}
+    for trial in trials:
+        record = json.loads((Path(trial.data.tags["run_dir"]) / "run.json").read_text())
+        assert record["status"] == "KILLED" and "resume=" in record["error"]
+        assert step_of(Path(record["paths"]["run_dir"]) / "checkpoints" / "last.ckpt") > 0
+    (summary,) = outputs.glob("multirun/*/*/sweep_summary.md")
+    assert len([p for p in summary.parent.iterdir() if p.name.isdigit()]) == 2  # none queued

@@ -4,6 +4,7 @@ launcher is configured), and tell the study how each ended."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -13,6 +14,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from pipeline import search as s
+from pipeline import sweep_stop
 from pipeline.errors import UserError
 
 
@@ -54,14 +56,24 @@ class OptunaSweeper(Sweeper):
             results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, result in zip(trials, results, strict=True):
                 state, value = _outcome(result, search.objective)
+                if _killed(result):  # by a signal: it runs again when the search continues
+                    trial.set_user_attr("interrupted", True)
                 study.tell(trial, value, state=state)
             returns.extend(results)
+            if sweep_stop.stop_signal(Path(self.config.hydra.sweep.dir) / sweep_stop.MARKER):
+                break
         done = study.get_trials(deepcopy=False)
         counts = {st.name: sum(t.state == st for t in done) for st in optuna.trial.TrialState}
         print(
             f"Search {search.study_name}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
         )
         return returns
+
+
+def _killed(result: JobReturn) -> bool:
+    if result.status != JobStatus.COMPLETED or not isinstance(result.return_value, dict):
+        return False
+    return result.return_value.get("status") == "KILLED"
 
 
 def _outcome(result: JobReturn, objective: str) -> tuple[Any, float | None]:
