@@ -123,6 +123,9 @@ class Client(MlflowClient):
     def set_terminated(self, *args: Any, **kwargs: Any) -> Any:
         return _retry_locked(super().set_terminated, *args, **kwargs)
 
+    def delete_tag(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().delete_tag, *args, **kwargs)
+
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     experiment = client.get_experiment_by_name(name)
@@ -229,11 +232,14 @@ def finish_parent_run(
 
 
 def reopen_run(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> TrackedRun:
-    """An interrupted run, back to RUNNING, to continue logging into it."""
+    """An interrupted run, back to RUNNING, to continue logging into it; the reason it
+    stopped (its `error` tag) no longer applies."""
     uri = resolve_tracking_uri(cfg, outputs)
     client = Client(tracking_uri=uri)
     run = client.get_run(run_id)
     client.update_run(run_id, status="RUNNING")
+    if "error" in run.data.tags:
+        client.delete_tag(run_id, "error")
     return TrackedRun(client, run_id, run.info.experiment_id, uri)
 
 

@@ -59,9 +59,8 @@ def assert_same_run(outputs: Path, straight: tuple[Path, dict]) -> dict:
     assert metric_histories(outputs, record["run_id"]) == metric_histories(
         straight[0].parents[3], reference["run_id"]
     )
-    assert MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(record["run_id"]).info.status == (
-        "FINISHED"
-    )
+    run = MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags  # the stop is over
     return record
 
 
