@@ -73,16 +73,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def publish(self) -> None:
         self.held = False
-        if not self._pending:
-            return
-        if self.before_publish is not None:
-            self.before_publish()
         pending, self._pending = self._pending, []
-        for tmp, path in pending:
-            if tmp is None:
-                super().remove_checkpoint(path)
-            else:
-                publish(tmp, path)
+        try:
+            if pending and self.before_publish is not None:
+                self.before_publish()
+        finally:  # a store that fails to take the metrics costs them, not the checkpoint
+            for tmp, path in pending:
+                if tmp is None:
+                    super().remove_checkpoint(path)
+                else:
+                    publish(tmp, path)
 
 
 class PublishAfterMetrics(pl.Callback):
@@ -106,11 +106,15 @@ class PublishAfterMetrics(pl.Callback):
         if not self._epoch_ends:
             self.io.publish()
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.io.publish()
+        # Every rank reads the best checkpoint once fit returns; rank 0 alone writes it.
+        trainer.strategy.barrier("checkpoints published")
+
     def _publish(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         self.io.publish()
 
-    on_train_batch_start = on_train_epoch_start = on_train_end = _publish
-    on_exception = teardown = _publish
+    on_train_batch_start = on_train_epoch_start = on_exception = teardown = _publish
 
 
 class StopOnSignal(pl.Callback):
