@@ -55,7 +55,7 @@ def check_multirun(t: TrainerConfig, multirun: bool, launcher: str = "") -> None
             f"trainer.strategy={t.strategy} with trainer.devices={t.devices} inside a sweep (-m): "
             "Lightning would start each extra rank by re-running this command, which re-launches "
             "the whole sweep in every rank. Give each trial one device (trainer.devices=1; "
-            "hydra/launcher=joblib runs trials side by side), or run the sweep on SLURM with "
+            "hydra/launcher=local runs trials side by side), or run the sweep on SLURM with "
             "hydra/launcher=submitit_slurm and one task per device, where srun starts the ranks "
             "(see 'Scaling out' in the README)."
         )

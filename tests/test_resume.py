@@ -204,15 +204,20 @@ def test_ctrl_c_during_a_sweep_ends_its_parent_run_killed(tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "group", [True, False], ids=["Ctrl-C to every process", "SIGTERM to the sweep's only"]
+    ("group", "n_jobs", "lrs"),
+    [(True, 4, "1e-3,3e-3"), (False, 2, "1e-3,2e-3,3e-3")],
+    ids=["Ctrl-C to every process, more workers than trials", "SIGTERM to the sweep's only"],
 )
-def test_a_signal_during_a_parallel_sweep_stops_every_trial_in_order(tmp_path, group) -> None:
-    """Trials in worker processes: those running save a checkpoint and end KILLED, the queued
+def test_a_signal_during_a_parallel_sweep_stops_every_trial_in_order(
+    tmp_path, group, n_jobs, lrs
+) -> None:
+    """Trials in worker processes: the two running save a checkpoint and end KILLED, a queued
     one never starts, and the sweep ends with its parent KILLED, whether every process took the
-    signal (a terminal's Ctrl-C) or only the sweep's own (`kill <pid>`)."""
+    signal (a terminal's Ctrl-C, which also reaches any idle worker) or only the sweep's own
+    (`kill <pid>`)."""
     outputs = tmp_path / "outputs"
-    args = ["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", *ARGS]
-    args += ["trainer.max_epochs=50", "optim.lr=1e-3,2e-3,3e-3"]
+    args = ["-m", "hydra/launcher=local", f"hydra.launcher.n_jobs={n_jobs}", *ARGS]
+    args += ["trainer.max_epochs=50", f"optim.lr={lrs}"]
     proc = train_until(outputs, "multirun/**/checkpoints/last.ckpt", *args, count=2)
     sig = signal.SIGINT if group else signal.SIGTERM
     if group:
