@@ -51,12 +51,12 @@ def hydra_command(config_name: str) -> Callable[[Callable[[AppConfig], Any]], Ca
                 print(f"Trial pruned: {exc}", file=sys.stderr)
                 return {"status": "PRUNED", "error": str(exc)}
             except Exception as exc:
-                if stop is not None and isinstance(exc, Interrupted):
-                    # The trial's run is KILLED with its checkpoint; the sweep ends in order.
-                    sweep_stop.request_stop(stop, exc.signum)
-                    print(f"error: {exc}", file=sys.stderr)
-                    return {"status": "KILLED", "error": str(exc)}
                 if stop is not None:
+                    if isinstance(exc, Interrupted):
+                        # The trial's run is KILLED with its checkpoint; the sweep ends in order.
+                        sweep_stop.request_stop(stop, exc.signum)
+                        print(f"error: {exc}", file=sys.stderr)
+                        return {"status": "KILLED", "error": str(exc)}
                     # One failed trial is recorded and the sweep goes on.
                     return _record_failed_trial(exc)
                 if not isinstance(exc, UserError):

@@ -25,7 +25,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pipeline.errors import Interrupted, UserError
 from pipeline.files import publish, write_beside
 from pipeline.module import is_logged_step
-from pipeline.sweep_stop import stop_signal
+from pipeline.sweep_stop import SIGNALS, stop_signal
 
 # Errors that mean "no room left", whatever the filesystem calls it.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -124,8 +124,6 @@ class StopOnSignal(pl.Callback):
     stop at once. Either way the caller closes the run as KILLED. A context manager: the
     handlers are ours only while the run lasts."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self, checkpoint_dir: Path, sweep_stop: Path | None = None):
         self.checkpoint = checkpoint_dir / "last.ckpt"
         # In a sweep, another process may take the signal (see sweep_stop.py).
@@ -136,7 +134,7 @@ class StopOnSignal(pl.Callback):
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignal:
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -169,8 +167,8 @@ class StopOnSignal(pl.Callback):
         self._trainer = trainer
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.signum is None and self.sweep_stop is not None and self.sweep_stop.exists():
-            self._handle(stop_signal(self.sweep_stop) or signal.SIGTERM, None)
+        if self.signum is None and (signum := stop_signal(self.sweep_stop)) is not None:
+            self._handle(signum, None)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = None

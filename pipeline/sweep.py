@@ -52,7 +52,7 @@ class SweepSummary(Callback):
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
         # A search continued in its folder may find the last stop's file there.
-        stop = Path(config.hydra.sweep.dir) / sweep_stop.MARKER
+        stop = sweep_stop.marker_in(config.hydra.sweep.dir)
         stop.unlink(missing_ok=True)
         sweep_stop.install(stop)
         if config.logger.name != "mlflow":
@@ -83,7 +83,7 @@ class SweepSummary(Callback):
         write_text(root / "sweep_summary.csv", csv_table(rows, metric))
         plot = plot_trials(rows, metric, root / "sweep_summary.png")
         print(table)
-        signum = sweep_stop.stop_signal(root / sweep_stop.MARKER)
+        signum = sweep_stop.stop_signal(sweep_stop.marker_in(root))
         stopped = f"Sweep stopped by {signal.Signals(signum).name}" if signum else None
         parent = os.environ.pop(PARENT_ENV, None)
         if parent:

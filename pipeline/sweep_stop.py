@@ -29,7 +29,11 @@ def marker() -> Path | None:
     """This sweep's stop file, or None outside a sweep."""
     if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
         return None
-    return Path(HydraConfig.get().sweep.dir) / MARKER
+    return marker_in(HydraConfig.get().sweep.dir)
+
+
+def marker_in(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / MARKER
 
 
 def request_stop(path: Path, signum: int) -> None:

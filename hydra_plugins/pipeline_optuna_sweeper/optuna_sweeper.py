@@ -4,7 +4,6 @@ launcher is configured), and tell the study how each ended."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -60,7 +59,7 @@ class OptunaSweeper(Sweeper):
                     trial.set_user_attr("interrupted", True)
                 study.tell(trial, value, state=state)
             returns.extend(results)
-            if sweep_stop.stop_signal(Path(self.config.hydra.sweep.dir) / sweep_stop.MARKER):
+            if sweep_stop.stop_signal(sweep_stop.marker_in(self.config.hydra.sweep.dir)):
                 break
         done = study.get_trials(deepcopy=False)
         counts = {st.name: sum(t.state == st for t in done) for st in optuna.trial.TrialState}
