@@ -119,8 +119,20 @@ def test_four_parallel_trials_record_four_complete_runs(tmp_path: Path) -> None:
         assert "val/loss" in run.data.metrics and "test/acc" in run.data.metrics
         assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) >= 5
         assert run.data.params["optim.lr"] in ("0.003", "1e-07")
-    # They ran at the same time: every run started before any of them ended.
-    assert max(r.info.start_time for r in children) < min(r.info.end_time for r in children)
+    # They ran at the same time. Not every pair need overlap: on 2 cores a worker still
+    # importing torch can start its run after the quickest trial ended (CI saw 0.1 s), but
+    # one at a time would never have two runs open at once.
+    assert most_at_once(children) >= 2
+
+
+def most_at_once(runs: list) -> int:
+    """The largest number of runs open at the same instant (an end before a start on a tie)."""
+    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
+    open_now = peak = 0
+    for _time, change in events:
+        open_now += change
+        peak = max(peak, open_now)
+    return peak
 
 
 @pytest.mark.slow
