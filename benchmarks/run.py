@@ -93,16 +93,12 @@ def log_to_mlflow(results: dict[str, Any], outputs: Path, files: list[Path]) -> 
     """One run in the experiment `benchmarks`: every figure's median as a metric (min and max
     beside it), the machine and mode as params, the result files as artifacts."""
     from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
 
     from pipeline.config import LoggerConfig
-    from pipeline.tracking import get_or_create_experiment
-    from pipeline.tracking_uri import resolve_tracking_uri
+    from pipeline.tracking import open_experiment
 
-    uri = resolve_tracking_uri(LoggerConfig(name="mlflow", experiment_name=EXPERIMENT), outputs)
-    client = MlflowClient(tracking_uri=uri)
-    root = None if uri.startswith("http") else outputs.resolve() / "mlartifacts"
-    experiment_id = get_or_create_experiment(client, EXPERIMENT, root)
+    cfg = LoggerConfig(name="mlflow", experiment_name=EXPERIMENT)
+    client, experiment_id = open_experiment(cfg, outputs)
     run = client.create_run(experiment_id, run_name=f"{results['date']} {results['mode']}")
     now = int(time.time() * 1000)
     metrics = []

@@ -127,16 +127,26 @@ class Client(MlflowClient):
         return _retry_locked(super().delete_tag, *args, **kwargs)
 
 
-def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+def client_for(cfg: LoggerConfig, outputs: str | Path) -> Client:
+    return Client(tracking_uri=resolve_tracking_uri(cfg, outputs))
+
+
+def open_experiment(cfg: LoggerConfig, outputs: str | Path) -> tuple[Client, str]:
+    """The client and id of `cfg.experiment_name`, created if it is new. A local store keeps
+    its artifacts under outputs/mlartifacts; a server decides for itself."""
+    client = client_for(cfg, outputs)
+    name = cfg.experiment_name
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
-        return experiment.experiment_id
-    location = (artifact_root / name).as_uri() if artifact_root else None
+        return client, experiment.experiment_id
+    location = None
+    if not client.tracking_uri.startswith("http"):
+        location = (Path(outputs).resolve() / "mlartifacts" / name).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client, client.create_experiment(name, artifact_location=location)
     except MlflowException:
         # Another process created it between our lookup and our create.
-        return client.get_experiment_by_name(name).experiment_id
+        return client, client.get_experiment_by_name(name).experiment_id
 
 
 def start_run(
@@ -148,11 +158,7 @@ def start_run(
 ) -> TrackedRun:
     """Create the MLflow run: params (the whole resolved config, plus `extra_params`), tags,
     and what it takes to run it again (see provenance.py). Credentials never reach it."""
-    uri = resolve_tracking_uri(cfg, outputs)
-    client = Client(tracking_uri=uri)
-    # A local store keeps artifacts under outputs/; a server decides for itself.
-    artifact_root = None if uri.startswith("http") else Path(outputs).resolve() / "mlartifacts"
-    experiment_id = get_or_create_experiment(client, cfg.experiment_name, artifact_root)
+    client, experiment_id = open_experiment(cfg, outputs)
     tags = {
         "run_dir": str(run_dir),
         "command": _command(),
@@ -180,16 +186,12 @@ def start_run(
     diff = git_diff()
     if diff:
         client.log_text(run_id, diff, "git.diff")
-    return TrackedRun(client, run_id, experiment_id, uri)
+    return TrackedRun(client, run_id, experiment_id, client.tracking_uri)
 
 
 def start_parent_run(cfg: LoggerConfig, outputs: str | Path, sweep: Mapping[str, str]) -> str:
     """The parent run of a sweep: its definition as params; the trials are its children."""
-    client = Client(tracking_uri=resolve_tracking_uri(cfg, outputs))
-    artifact_root = None
-    if not client.tracking_uri.startswith("http"):
-        artifact_root = Path(outputs).resolve() / "mlartifacts"
-    experiment_id = get_or_create_experiment(client, cfg.experiment_name, artifact_root)
+    client, experiment_id = open_experiment(cfg, outputs)
     tags = {"sweep": "parent", "command": _command()}
     run = client.create_run(experiment_id, tags={**tags, **git_state()}, run_name="sweep")
     client.log_batch(
@@ -213,7 +215,7 @@ def finish_parent_run(
     from pipeline.config import LoggerConfig
 
     cfg = LoggerConfig.model_validate(OmegaConf.to_container(config.logger, resolve=True))
-    client = Client(tracking_uri=resolve_tracking_uri(cfg, config.paths.outputs))
+    client = client_for(cfg, config.paths.outputs)
     for path in files:
         client.log_artifact(run_id, str(path))
     tags = [RunTag("error", stopped)] if stopped else []
@@ -234,13 +236,12 @@ def finish_parent_run(
 def reopen_run(cfg: LoggerConfig, outputs: str | Path, run_id: str) -> TrackedRun:
     """An interrupted run, back to RUNNING, to continue logging into it; the reason it
     stopped (its `error` tag) no longer applies."""
-    uri = resolve_tracking_uri(cfg, outputs)
-    client = Client(tracking_uri=uri)
+    client = client_for(cfg, outputs)
     run = client.get_run(run_id)
     client.update_run(run_id, status="RUNNING")
     if "error" in run.data.tags:
         client.delete_tag(run_id, "error")
-    return TrackedRun(client, run_id, run.info.experiment_id, uri)
+    return TrackedRun(client, run_id, run.info.experiment_id, client.tracking_uri)
 
 
 def is_run_id(text: str) -> bool:
