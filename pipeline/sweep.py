@@ -75,13 +75,14 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(config.hydra.sweep.dir)
-        metric, mode = objective(config)
+        metric, mode, sampled = objective(config)
         rows = trial_rows(root, metric)
         best = best_trial(rows, mode)
-        table = markdown_table(rows, metric, best)
+        swept = swept_params(rows, sampled)
+        table = markdown_table(rows, swept, metric, best)
         write_text(root / "sweep_summary.md", table)
-        write_text(root / "sweep_summary.csv", csv_table(rows, metric))
-        plot = plot_trials(rows, metric, root / "sweep_summary.png")
+        write_text(root / "sweep_summary.csv", csv_table(rows, swept, metric))
+        plot = plot_trials(rows, swept, metric, root / "sweep_summary.png")
         print(table)
         signum = sweep_stop.stop_signal(sweep_stop.marker_in(root))
         stopped = f"Sweep stopped by {signal.Signals(signum).name}" if signum else None
@@ -90,7 +91,7 @@ class SweepSummary(Callback):
             from pipeline.tracking import finish_parent_run
 
             if best is not None:
-                best = {**best, "params": {k: best["params"][k] for k in _swept(rows)}}
+                best = {**best, "params": {k: best["params"].get(k, "") for k in swept}}
             files = [root / "sweep_summary.md", root / "sweep_summary.csv", plot]
             finish_parent_run(config, parent, best, metric, [f for f in files if f], stopped)
         if signum:
@@ -102,15 +103,15 @@ class SweepSummary(Callback):
             sys.exit(128 + signum)
 
 
-def objective(config: DictConfig) -> tuple[str, str]:
-    """The metric trials are ranked by and its mode: the search's objective, else the
-    checkpoint monitor."""
+def objective(config: DictConfig) -> tuple[str, str, list[str]]:
+    """The metric trials are ranked by, its mode, and the parameters a search samples: the
+    search's objective, else the checkpoint monitor (and no sampled parameters)."""
     from pipeline.search import is_search, load_search
 
     if is_search(config.hydra.sweeper):
         search = load_search(config.hydra.sweeper)
-        return search.objective, search.mode
-    return config.trainer.checkpoint.monitor, config.trainer.checkpoint.mode
+        return search.objective, search.mode, list(search.params)
+    return config.trainer.checkpoint.monitor, config.trainer.checkpoint.mode, []
 
 
 def trial_rows(root: Path, metric: str) -> list[dict[str, Any]]:
@@ -146,14 +147,16 @@ def best_trial(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
     return pick(scored, key=lambda r: r["value"])
 
 
-def _swept(rows: list[dict[str, Any]]) -> list[str]:
-    """The parameters whose value differs between trials."""
-    keys = sorted({k for r in rows for k in r["params"]})
-    return [k for k in keys if len({r["params"].get(k) for r in rows}) > 1]
+def swept_params(rows: list[dict[str, Any]], sampled: list[str]) -> list[str]:
+    """The parameters a search samples, then any other whose value differs between trials
+    (a grid's). Differing alone would drop a search's parameters when it has run one trial."""
+    keys = sorted({k for r in rows for k in r["params"]} - set(sampled))
+    return [*sampled, *(k for k in keys if len({r["params"].get(k) for r in rows}) > 1)]
 
 
-def markdown_table(rows: list[dict[str, Any]], metric: str, best: dict | None) -> str:
-    swept = _swept(rows)
+def markdown_table(
+    rows: list[dict[str, Any]], swept: list[str], metric: str, best: dict | None
+) -> str:
     head = ["trial", *swept, "status", metric, "run folder"]
     lines = [
         f"# Sweep summary ({len(rows)} trials)",
@@ -167,7 +170,7 @@ def markdown_table(rows: list[dict[str, Any]], metric: str, best: dict | None) -
         cells = [str(r["trial"]), *(r["params"].get(k, "") for k in swept), status, value]
         lines.append("| " + " | ".join([*cells, r["run_dir"]]) + " |")
     if best:
-        params = " ".join(f"{k}={best['params'][k]}" for k in swept)
+        params = " ".join(f"{k}={best['params'].get(k, '')}" for k in swept)
         lines += ["", f"Best: trial {best['trial']} ({params}), {metric} = {best['value']:.6g}."]
     failed = [r for r in rows if r["status"] != "FINISHED"]
     for r in failed:
@@ -175,8 +178,7 @@ def markdown_table(rows: list[dict[str, Any]], metric: str, best: dict | None) -
     return "\n".join(lines) + "\n"
 
 
-def csv_table(rows: list[dict[str, Any]], metric: str) -> str:
-    swept = _swept(rows)
+def csv_table(rows: list[dict[str, Any]], swept: list[str], metric: str) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["trial", *swept, "status", metric, "run_id", "run_dir", "error"])
@@ -188,10 +190,11 @@ def csv_table(rows: list[dict[str, Any]], metric: str) -> str:
     return out.getvalue()
 
 
-def plot_trials(rows: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
+def plot_trials(
+    rows: list[dict[str, Any]], swept: list[str], metric: str, path: Path
+) -> Path | None:
     """The metric against each swept parameter, one panel each (log axis for positive numbers
     spanning more than a factor of 10, e.g. learning rates)."""
-    swept = _swept(rows)
     scored = [r for r in rows if r["value"] is not None]
     if not swept or not scored:
         return None

@@ -26,9 +26,9 @@ TINY = [
 ]
 
 
-def compose_config(overrides: list[str], config_name: str = "config"):
+def compose_config(overrides: list[str], config_name: str = "config", with_hydra: bool = False):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
+        return compose(config_name, overrides, return_hydra_config=with_hydra)
 
 
 def app_config(overrides: list[str], outputs: Path) -> AppConfig:

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import UserError
 from pipeline.search import distributions, load_search, overrides
-from tests.conftest import TINY, run_cli
+from pipeline.sweep import markdown_table, swept_params
+from tests.conftest import TINY, compose_config, run_cli
 
 # A search a user would write in conf/hparams_search/; the tests add it through hydra.searchpath.
 # lr 1e-7 barely moves the loss, so once a 3e-3 trial has finished, the pruner stops it.
@@ -207,3 +208,37 @@ def test_a_bad_search_space_names_the_entry(params: dict, message: str) -> None:
     with pytest.raises(UserError, match="Search config error") as error:
         load_search({**BASE, "direction": "minimize", "n_trials": 3, "params": params})
     assert message in str(error.value)
+
+
+def test_the_search_space_changes_or_is_replaced_from_the_command_line() -> None:
+    def space(*cli: str) -> dict:
+        cfg = compose_config(["hparams_search=optim", *cli], with_hydra=True)
+        return {k: p.model_dump() for k, p in load_search(cfg.hydra.sweeper).params.items()}
+
+    lr = "{optim.lr: {type: float, low: 1.0e-4, high: 0.1}}"
+    merged = space(f"hydra.sweeper.params={lr}")
+    assert merged["optim.lr"]["high"] == 0.1 and merged["optim.lr"]["log"] is True  # kept
+    assert "optim.weight_decay" in merged and len(merged) == 4
+    replaced = space("~hydra.sweeper.params", f"+hydra.sweeper.params={lr}")
+    assert list(replaced) == ["optim.lr"] and replaced["optim.lr"]["log"] is False
+
+
+def test_a_search_of_one_trial_still_names_what_it_sampled() -> None:
+    def row(trial: int, lr: str, layers: str, value: float) -> dict:
+        params = {"optim.lr": lr, "model.n_layers": layers, "model": "gpt-tiny"}
+        return {
+            "trial": trial,
+            "params": params,
+            "status": "FINISHED",
+            "value": value,
+            "run_dir": f"search/s/{trial}",
+        }
+
+    one = [row(0, "0.001", "2", 0.5)]
+    assert swept_params(one, ["optim.lr"]) == ["optim.lr"]
+    table = markdown_table(one, swept_params(one, ["optim.lr"]), "val/loss", one[0])
+    assert "| trial | optim.lr | status |" in table and "(optim.lr=0.001)" in table
+    # A grid's columns are what differs between its trials, after anything sampled.
+    grid = [*one, row(1, "0.003", "4", 0.4)]
+    assert swept_params(grid, []) == ["model.n_layers", "optim.lr"]
+    assert swept_params(grid, ["optim.lr"]) == ["optim.lr", "model.n_layers"]
