@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline import demo_data
 from pipeline.config import DataConfig
@@ -287,25 +287,24 @@ class Collator:
         return out
 
 
-class EpochShuffle(torch.utils.data.Sampler[int]):
+class EpochShuffle(DistributedSampler):
     """A fresh permutation each epoch, drawn from (seed, epoch) alone, so a resumed run sees
-    the order an uninterrupted run would have seen. Lightning calls set_epoch at the start of
-    every epoch. A run resumed mid-epoch skips the examples that epoch had already trained on
-    (`skip`, consumed by the first pass only)."""
+    the order an uninterrupted run would have seen; under DDP each rank takes every
+    `num_replicas`-th index of it (a DistributedSampler, so Lightning does not wrap it).
+    Lightning calls set_epoch at the start of every epoch. A run resumed mid-epoch skips the
+    examples this rank had already trained on in that epoch (`skip`, consumed by the first
+    pass only): skipping after the split, not before, is what keeps every rank's share."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        order += order[: self.total_size - len(order)]  # every rank the same number, as DDP needs
         skip, self.skip = self.skip, 0
-        return iter(torch.randperm(self.n, generator=generator)[skip:].tolist())
+        return iter(order[self.rank : self.total_size : self.num_replicas][skip:])
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -329,20 +328,22 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.workers = seed, workers
         self.collate = Collator(bundle.task, bundle.tokenizer.pad_id, bundle.n_outputs == 1)
-        self._skip_batches = 0
+        self._batches_done = 0
 
     def resume_mid_epoch(self, batches_done: int) -> None:
-        """The next training epoch starts after the first `batches_done` batches of its order
-        (a checkpoint saved mid-epoch); a count of whole epochs skips nothing."""
-        n_batches = -(-len(self.bundle.splits["train"].ids) // self.batch_size)
-        self._skip_batches = batches_done % n_batches
+        """The next training epoch starts after the first `batches_done` batches of this
+        rank's order (a checkpoint saved mid-epoch); a count of whole epochs skips nothing."""
+        self._batches_done = batches_done
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         examples = _Examples(self.bundle.splits[split])
         sampler = None
         if shuffle:
-            sampler = EpochShuffle(len(examples), self.seed)
-            sampler.skip, self._skip_batches = self._skip_batches * self.batch_size, 0
+            world = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = EpochShuffle(examples, self.seed, *world)
+            n_batches = -(-sampler.num_samples // self.batch_size)
+            sampler.skip = self._batches_done % n_batches * self.batch_size
+            self._batches_done = 0
         return DataLoader(
             examples,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,

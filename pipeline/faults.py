@@ -122,7 +122,13 @@ class StopOnSignal(pl.Callback):
     schedule step taken), save `checkpoints/last.ckpt` and stop, through Lightning's own
     SIGTERM path, which stops between batches. Outside fitting, or at a second signal, they
     stop at once. Either way the caller closes the run as KILLED. A context manager: the
-    handlers are ours only while the run lasts."""
+    handlers are ours only while the run lasts.
+
+    Under DDP a signal may reach one rank only (`kill <pid>` reaches the launching rank): the
+    ranks agree on it at the end of every batch and stop together, each saving through the
+    same collective calls. Lightning's own SIGTERM handler is replaced while its loops run: it
+    runs a collective inside the handler, which meets whatever collective the other ranks are
+    in and hangs them."""
 
     def __init__(self, checkpoint_dir: Path, sweep_stop: Path | None = None):
         self.checkpoint = checkpoint_dir / "last.ckpt"
@@ -131,6 +137,7 @@ class StopOnSignal(pl.Callback):
         self.signum: int | None = None
         self.saved = False
         self._trainer: pl.Trainer | None = None
+        self._launcher: Any = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignal:
@@ -145,9 +152,19 @@ class StopOnSignal(pl.Callback):
         first = self.signum is None
         self.signum = signum
         if not (first and self._trainer is not None):
+            # The ranks this one launched would wait in a collective for it forever.
+            if kill := getattr(self._launcher, "kill", None):
+                kill(signal.SIGKILL)
             raise self.error()
-        # Lightning sets this itself on SIGTERM; Ctrl-C takes the same orderly way out.
-        self._trainer._signal_connector.received_sigterm = True
+        if self._trainer.world_size == 1:
+            # Lightning sets this itself on SIGTERM; Ctrl-C takes the same orderly way out.
+            self._trainer._signal_connector.received_sigterm = True
+
+    def agree(self, trainer: pl.Trainer) -> None:
+        """Under DDP, every rank takes the signal any rank took (called by all at one point)."""
+        if trainer.world_size > 1:
+            mine = torch.tensor(self.signum or 0, device=trainer.strategy.root_device)
+            self.signum = int(trainer.strategy.reduce(mine, reduce_op="max").item()) or None
 
     def error(self) -> Interrupted:
         name = signal.Signals(self.signum).name
@@ -163,12 +180,26 @@ class StopOnSignal(pl.Callback):
             self.signum,
         )
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._launcher = trainer.strategy.launcher
+
+    def _take_back_signals(self, *args: Any) -> None:
+        for signum in SIGNALS:
+            signal.signal(signum, self._handle)
+
+    on_validation_start = on_test_start = _take_back_signals
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_back_signals()
         self._trainer = trainer
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.signum is None and (signum := stop_signal(self.sweep_stop)) is not None:
             self._handle(signum, None)
+        if trainer.world_size > 1:
+            self.agree(trainer)
+            # Lightning stops every rank after this batch, before the next collective.
+            trainer._signal_connector.received_sigterm = self.signum is not None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = None

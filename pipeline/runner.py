@@ -367,6 +367,7 @@ def _train(
         if resume:
             datamodule.resume_mid_epoch(batches_done(resume.checkpoint))
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None)
+        stop.agree(trainer)
         if stop.signum is not None:
             # The signal came during the last validation: training is over, the run is not.
             raise stop.error()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -46,6 +47,39 @@ def train_in_process(overrides: list[str], tmp_path: Path) -> dict:
     return train(cfg, cfg.model_dump(mode="json"), run_dir)
 
 
+# A new MLflow SQLite store costs MLflow 2 to 3 s of schema migrations, in every one of the
+# suite's few dozen command-line runs. They start from a copy of one store MLflow migrated
+# (see store_template); the in-process tracking tests and the benchmarks still create theirs.
+_STORE: dict[str, Path] = {}  # "template", and "root": the suite's temporary folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from mlflow.tracking import MlflowClient
+
+    template = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()
+    _STORE.update(template=template, root=tmp_path_factory.getbasetemp())
+
+
+def _seed_store(args: tuple[str, ...] | list[str]) -> None:
+    """Put the template store where a command line's run will track, unless it tracks
+    elsewhere or nowhere, or a store is already there. Only inside the suite's temporary
+    folder, where tests keep their outputs."""
+    if not _STORE or any(a.startswith(("logger=", "logger.tracking_uri=")) for a in args):
+        return
+    outputs = [Path(a.split("=", 1)[1]) for a in args if a.startswith("paths.outputs=")]
+    if not outputs or _STORE["root"] not in outputs[-1].parents:
+        return
+    store = outputs[-1] / "mlflow.db"
+    try:
+        if not store.exists():
+            store.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(_STORE["template"], store)
+    except OSError:
+        pass  # a test of an unwritable outputs folder
+
+
 def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -55,6 +89,7 @@ def _env() -> dict[str, str]:
 def run_cli(
     module: str, *args: str, timeout: int = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
+    _seed_store(args)
     return subprocess.run(
         [sys.executable, "-m", f"pipeline.{module}", *args],
         cwd=PROJECT_ROOT,
@@ -71,6 +106,7 @@ def train_until(
     """Start `pipeline.train` and return once `count` files matching `pattern` exist under
     outputs, with the process still running (so that the caller can interrupt it). The process
     leads its own process group, as a command started from a terminal does."""
+    _seed_store([*args, f"paths.outputs={outputs}"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", *args, f"paths.outputs={outputs}"],  # -m first
         cwd=PROJECT_ROOT,
