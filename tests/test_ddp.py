@@ -22,8 +22,8 @@ DDP = [
     "trainer=ddp",
     "trainer.accelerator=cpu",
     "trainer.devices=2",
-    # 20 batches a rank an epoch: a stop a few steps after the first checkpoint is mid-epoch.
-    "optim.batch_size=8",
+    # 40 batches a rank an epoch: a stop some steps after the first checkpoint is mid-epoch.
+    "optim.batch_size=4",
     "trainer.checkpoint.every_n_train_steps=4",
     # Pruned while training: the masks must agree on both ranks, or the weights would not.
     "sparsity=gradual",
