@@ -69,20 +69,25 @@ class OptunaSweeper(Sweeper):
         return returns
 
 
-def _killed(result: JobReturn) -> bool:
+def _returned(result: JobReturn) -> dict[str, Any] | None:
+    """What a job that ran to its end returned: its metrics, or (pipeline.cli) a failed,
+    pruned or killed trial's {"status": ...}."""
     if result.status != JobStatus.COMPLETED or not isinstance(result.return_value, dict):
-        return False
-    return result.return_value.get("status") == "KILLED"
+        return None
+    return result.return_value
+
+
+def _killed(result: JobReturn) -> bool:
+    return (_returned(result) or {}).get("status") == "KILLED"
 
 
 def _outcome(result: JobReturn, objective: str) -> tuple[Any, float | None]:
-    """The trial's state and objective from what the job returned (pipeline.cli turns a failed
-    or pruned trial into a {"status": ...} dict)."""
+    """The trial's state and objective from what the job returned."""
     from optuna.trial import TrialState
 
-    if result.status != JobStatus.COMPLETED or not isinstance(result.return_value, dict):
+    value = _returned(result)
+    if value is None:
         return TrialState.FAIL, None
-    value = result.return_value
     if value.get("status") == "PRUNED":
         return TrialState.PRUNED, None
     if objective not in value:
