@@ -14,7 +14,7 @@ OUTPUTS := $(CURDIR)/outputs
 STORE := sqlite:///$(OUTPUTS)/mlflow.db
 PORT ?= 5000
 
-.PHONY: install train test sweep search ui server bench lint format clean
+.PHONY: install train test sweep search ui server bench lint format docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline tests benchmarks hydra_plugins
 	$(VENV)/bin/ruff format --check pipeline tests benchmarks hydra_plugins
+	$(VENV)/bin/lint-imports
+
+# docs/config-reference.md from the schema (tests/test_docs.py fails when it is stale).
+docs: $(STAMP)
+	$(PY) -m pipeline.cli.reference docs/config-reference.md
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix pipeline tests benchmarks hydra_plugins

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.config import CONF_DIR, AppConfig, validate
+from pipeline.config.paths import CONF_DIR
+from pipeline.config.train import TrainConfig
+from pipeline.config.validate import validate
 from pipeline.model.gpt import GPTConfig, GPTModel
 
 
@@ -74,11 +76,11 @@ def ratios(a: list[float], b: list[float]) -> list[float]:
     return [x / y for x, y in zip(a, b, strict=True)]
 
 
-def pipeline_config(overrides: list[str], outputs: Path) -> AppConfig:
+def pipeline_config(overrides: list[str], outputs: Path) -> TrainConfig:
     """The training config the CLI would compose, with Hydra overrides."""
     from hydra import compose, initialize_config_dir
 
-    import pipeline.cli  # noqa: F401  (registers the ${project_root:} resolver)
+    import pipeline.cli.app  # noqa: F401  (registers the ${project_root:} resolver)
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"paths.outputs={outputs}", *overrides])
@@ -104,7 +106,7 @@ def train_flops_per_token(shape: GPTConfig, seq: int) -> float:
 
 def random_batches(vocab: int, batch: int, seq: int, n_batches: int, seed: int = 0) -> DataLoader:
     """Random token rows of length seq + 1, collated by the pipeline's own causal-LM collator."""
-    from pipeline.data import Collator
+    from pipeline.data.loader import Collator
 
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, vocab, (batch * n_batches, seq + 1), generator=generator).tolist()
@@ -121,7 +123,7 @@ def seconds_per_step(ends: list[float], warmup: int) -> float:
 def pipeline_segment(
     model: torch.nn.Module,
     loader: DataLoader,
-    cfg: AppConfig,
+    cfg: TrainConfig,
     warmup: int,
     tracking_on: bool = True,
 ) -> float:
@@ -135,18 +137,24 @@ def pipeline_segment(
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
 
-    from pipeline import tracking
-    from pipeline.module import GPTLightningModule
-    from pipeline.restore import Trained
-    from pipeline.runner import build_trainer
+    from pipeline.build.trained import Trained
+    from pipeline.run.module import GPTLightningModule
+    from pipeline.run.trainer import build_trainer
+    from pipeline.tracking.client import open_experiment
+    from pipeline.tracking.logger import BatchedMLflowLogger
+    from pipeline.tracking.runs import start_run
+    from pipeline.tracking.uri import default_tracking_uri
 
     outputs = Path(cfg.paths.outputs)
     run_dir = outputs / "runs" / f"bench-{time.monotonic_ns()}"
     run_dir.mkdir(parents=True)
     logger, tracked = None, None
     if tracking_on:
-        tracked = tracking.start_run(cfg.logger, outputs, cfg.model_dump(mode="json"), run_dir)
-        logger = tracking.BatchedMLflowLogger(tracked)
+        uri = cfg.logger.tracking_uri or default_tracking_uri(outputs)
+        client, experiment = open_experiment(uri, cfg.logger.experiment_name, outputs)
+        config = cfg.model_dump(mode="json")
+        tracked = start_run(client, experiment, run_dir.name, config, run_dir, "benchmarks")
+        logger = BatchedMLflowLogger(tracked)
     deterministic = torch.are_deterministic_algorithms_enabled()
     trainer, _ = build_trainer(cfg, run_dir, logger, Trained(model, None), False, [])
     ends: list[float] = []
@@ -158,7 +166,7 @@ def pipeline_segment(
     clock = pl.Callback()
     clock.on_train_batch_end = batch_end
     kept = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint | ModelSummary)]
-    trainer.callbacks = [c for c in kept if type(c).__name__ != "_CheckpointExtras"] + [clock]
+    trainer.callbacks = [c for c in kept if type(c).__name__ != "CheckpointExtras"] + [clock]
     module = GPTLightningModule(model, cfg.optim)
     try:
         trainer.fit(module, train_dataloaders=loader)
@@ -179,13 +187,13 @@ def plain_segment(
     model: torch.nn.Module,
     forward: Callable[[torch.Tensor], torch.Tensor],
     loader: DataLoader,
-    cfg: AppConfig,
+    cfg: TrainConfig,
     warmup: int,
 ) -> float:
     """Seconds per step of a hand-written loop doing the same work as the pipeline's step:
     forward, loss, backward, gradient clipping, the same optimizer and lr schedule, and bf16
     autocast when cfg.trainer.precision is bf16-mixed."""
-    from pipeline.module import build_optimizer, lm_loss, lr_lambda
+    from pipeline.run.module import build_optimizer, lm_loss, lr_lambda
 
     model.train()
     o = cfg.optim
@@ -226,7 +234,7 @@ def transformers_gpt2(
     """transformers' GPT2LMHeadModel of the same shape, with PyTorch's SDPA attention."""
     import transformers
 
-    from pipeline.model.weights import hf_config
+    from pipeline.weights.gpt2 import hf_config
 
     # Random tokens have no special ones; GPT2Config's default ids (50256) would lie outside a
     # small vocabulary.

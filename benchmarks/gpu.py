@@ -80,7 +80,7 @@ def semi_structured(shape, batch: int, seq: int, rounds: int) -> list[Figure]:
     semi-structured sparse kernels."""
     import copy
 
-    from pipeline.config import SparsityConfig
+    from pipeline.config.sparsity import SparsityConfig
     from pipeline.sparsity.accelerate import accelerated
     from pipeline.sparsity.pruner import Pruner
     from pipeline.sparsity.targets import target_layers

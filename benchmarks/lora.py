@@ -38,7 +38,7 @@ def build(name: str, shape: tuple[int, ...]):
     if name.startswith("ours"):
         model, forward = ours(gpt)
         if name.endswith("lora"):
-            from pipeline.config import LoraConfig
+            from pipeline.config.lora import LoraConfig
             from pipeline.lora import apply_lora
 
             model = apply_lora(model, LoraConfig(name="bench", r=8, alpha=16))

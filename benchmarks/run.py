@@ -94,11 +94,10 @@ def log_to_mlflow(results: dict[str, Any], outputs: Path, files: list[Path]) -> 
     beside it), the machine and mode as params, the result files as artifacts."""
     from mlflow.entities import Metric, Param
 
-    from pipeline.config import LoggerConfig
-    from pipeline.tracking import open_experiment
+    from pipeline.tracking.client import open_experiment
+    from pipeline.tracking.uri import default_tracking_uri
 
-    cfg = LoggerConfig(name="mlflow", experiment_name=EXPERIMENT)
-    client, experiment_id = open_experiment(cfg, outputs)
+    client, experiment_id = open_experiment(default_tracking_uri(outputs), EXPERIMENT, outputs)
     run = client.create_run(experiment_id, run_name=f"{results['date']} {results['mode']}")
     now = int(time.time() * 1000)
     metrics = []
@@ -121,7 +120,7 @@ def log_to_mlflow(results: dict[str, Any], outputs: Path, files: list[Path]) -> 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from pipeline.config import PROJECT_ROOT
+    from pipeline.config.paths import PROJECT_ROOT
     from pipeline.files import write_json, write_text
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

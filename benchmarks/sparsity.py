@@ -15,10 +15,12 @@ import io
 from pathlib import Path
 
 from benchmarks.common import Context, Figure, pipeline_config
-from pipeline.config import SparsityConfig
-from pipeline.evaluate import evaluate
-from pipeline.restore import load_trained
-from pipeline.runner import calibration_batch, train
+from pipeline.build.restore import load_trained
+from pipeline.config.sparsity import SparsityConfig
+from pipeline.run.evaluation import evaluate
+from pipeline.run.launch import Launch
+from pipeline.run.run import train
+from pipeline.sparsity.callback import calibration_batch
 from pipeline.sparsity.pruner import Pruner, input_norms
 from pipeline.sparsity.targets import target_layers
 
@@ -43,7 +45,7 @@ def config(overrides: list[str], outputs: Path):
 def train_run(cfg, folder: Path) -> dict:
     folder.mkdir(parents=True)
     with contextlib.redirect_stdout(io.StringIO()):  # the run's model summary, not a figure
-        return train(cfg, cfg.model_dump(mode="json"), folder)
+        return train(cfg, Launch(folder)).to_dict()
 
 
 def val_ppl(trained, cfg) -> float:
@@ -52,7 +54,7 @@ def val_ppl(trained, cfg) -> float:
 
 def one_shot(dense, cfg, method: str, pattern: str) -> float:
     """Prune a copy of the dense model without any training, and measure it."""
-    from pipeline.data import build_data
+    from pipeline.data.bundle import build_data
 
     trained = copy.copy(dense)
     trained.model = copy.deepcopy(dense.model)

@@ -90,7 +90,7 @@ def _stamp_first_step() -> None:
     """Run pipeline.train with the given overrides; at the end of the first training step,
     write the wall-clock time to $BENCH_FIRST_STEP_STAMP, and leave at once if $BENCH_EXIT is
     set."""
-    from pipeline.module import GPTLightningModule
+    from pipeline.run.module import GPTLightningModule
 
     batch_end = GPTLightningModule.on_train_batch_end
     stamp = Path(os.environ[STAMP_ENV])

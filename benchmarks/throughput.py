@@ -27,7 +27,7 @@ from benchmarks.common import (
     train_flops_per_token,
     transformers_gpt2,
 )
-from pipeline.config import AppConfig
+from pipeline.config.train import TrainConfig
 
 TITLE = "Training throughput and MFU"
 
@@ -77,7 +77,7 @@ def run(ctx: Context) -> list[Figure]:
     return figures + overhead(ctx, ctx.pick(OVERHEAD))
 
 
-def config(ctx: Context, size: Size, precision: str = "32-true") -> AppConfig:
+def config(ctx: Context, size: Size, precision: str = "32-true") -> TrainConfig:
     return pipeline_config(
         [
             "trainer=cpu",

@@ -10,80 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cli import hydra_command
-from pipeline.config import AppConfig, DataConfig
-
-
-def data_config(cfg: AppConfig, recorded: dict, overrides: list[str]) -> tuple[DataConfig, int]:
-    """The command line's data settings if it overrides any, else the recorded run's."""
-    if recorded.get("data") and not any(o.lstrip("+~").startswith("data") for o in overrides):
-        return DataConfig.model_validate(recorded["data"]), recorded.get("seed", cfg.seed)
-    return cfg.data, cfg.seed
-
-
-def evaluate(trained, data: DataConfig, seed: int, split: str, cfg: AppConfig) -> dict[str, float]:
-    import pytorch_lightning as pl
-
-    from pipeline.data import TextDataModule, build_data
-    from pipeline.errors import UserError
-    from pipeline.module import GPTLightningModule
-    from pipeline.runner import check_devices
-
-    check_devices(cfg)
-    if trained.tokenizer is None:
-        raise UserError(
-            "The checkpoint has no tokenizer, so its texts cannot be encoded as it was trained. "
-            "Evaluate a run folder or .ckpt of this pipeline, or an export folder with its "
-            "tokenizer files."
-        )
-    if (data.task == "causal_lm") != trained.model.is_lm:
-        raise UserError(
-            f"The checkpoint is a {trained.task} model but data.task={data.task}. "
-            f"Pass data settings for a {trained.task} data set."
-        )
-    bundle = build_data(data, seed, trained.tokenizer, trained.label_names or None)
-    if not bundle.splits[split].ids:
-        raise UserError(f"The {split} split is empty. Choose split=train, val or test.")
-    # Lightning's test loop runs whichever split was asked for.
-    bundle.splits["test"] = bundle.splits[split]
-    batch = cfg.optim.eval_batch_size or cfg.optim.batch_size
-    datamodule = TextDataModule(bundle, batch, batch, seed, data.num_workers)
-    model = trained.model
-    if cfg.sparsity.accelerate:
-        model = _semi_structured(trained)
-    module = GPTLightningModule(model, cfg.optim)
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    return {k.replace("test/", f"{split}/"): round(float(v), 6) for k, v in results.items()}
-
-
-def _semi_structured(trained):
-    """The model in fp16 on the GPU with its 2:4 layers on sparse tensor cores."""
-    from pipeline.errors import UserError
-    from pipeline.sparsity.accelerate import accelerated
-
-    if not trained.masks:
-        raise UserError(
-            "sparsity.accelerate=true needs a model pruned to 2:4 by this pipeline (its masks "
-            "name the 2:4 layers), and this checkpoint has no sparsity masks. Evaluate a "
-            "checkpoint of a sparsity=nm_2_4 run."
-        )
-    return accelerated(trained.model, [name.removesuffix(".weight") for name in trained.masks])
+from pipeline.cli.app import hydra_command
+from pipeline.config.commands import EvaluateConfig
 
 
 @hydra_command("evaluate")
-def main(cfg: AppConfig) -> dict[str, float]:
+def main(cfg: EvaluateConfig) -> dict[str, float]:
     from hydra.core.hydra_config import HydraConfig
 
+    from pipeline.build.restore import load_trained
     from pipeline.files import write_json
-    from pipeline.restore import load_trained
+    from pipeline.run.evaluation import data_config, evaluate
 
     trained = load_trained(cfg.ckpt)
     hydra_cfg = HydraConfig.get()

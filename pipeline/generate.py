@@ -5,16 +5,17 @@ python -m pipeline.generate ckpt=<run folder|.ckpt|export dir> prompt="Hey Sam,"
 
 from __future__ import annotations
 
-from pipeline.cli import hydra_command
-from pipeline.config import AppConfig
+from pipeline.cli.app import hydra_command
+from pipeline.config.commands import GenerateConfig
 from pipeline.errors import UserError
 
 
 @hydra_command("generate")
-def main(cfg: AppConfig) -> str:
+def main(cfg: GenerateConfig) -> str:
     import torch
 
-    from pipeline.restore import load_trained
+    from pipeline.build.restore import load_trained
+    from pipeline.model.heads import label_probabilities
 
     trained = load_trained(cfg.ckpt)
     if trained.tokenizer is None:
@@ -24,14 +25,8 @@ def main(cfg: AppConfig) -> str:
     input_ids = torch.tensor([ids[-model.context_length :]])
     if not model.is_lm:
         with torch.no_grad():
-            logits = model(input_ids)
-        # Hugging Face classifiers pool inside; ours give every position.
-        logits = logits[0] if logits.dim() == 2 else logits[0, -1]
-        probs = (
-            torch.stack([1 - logits.sigmoid(), logits.sigmoid()]).squeeze(-1)
-            if logits.numel() == 1
-            else logits.softmax(-1)
-        )
+            pooled = model.pooled(model(input_ids), torch.tensor([input_ids.shape[1]]))
+        probs = label_probabilities(pooled[0])
         names = trained.label_names or [str(i) for i in range(len(probs))]
         ranked = sorted(zip(names, probs.tolist(), strict=True), key=lambda x: -x[1])
         text = ", ".join(f"{name} {p:.3f}" for name, p in ranked)

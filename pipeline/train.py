@@ -3,46 +3,48 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Any
 
-from pipeline.cli import hydra_command
-from pipeline.config import COMMAND_KEYS, PROJECT_ROOT, AppConfig
+from pipeline.cli.app import hydra_command
+from pipeline.config.train import TrainConfig
 
 
 @hydra_command("config")
-def main(cfg: AppConfig) -> dict[str, Any]:
+def main(cfg: TrainConfig) -> dict[str, float]:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    from pipeline.distributed import check_multirun, global_rank
-    from pipeline.tracking_uri import check_server, default_tracking_uri, resolve_tracking_uri
+    from pipeline.cli.launch import launched_externally, multirun, tracking_uri
+    from pipeline.config.paths import PROJECT_ROOT
+    from pipeline.run.distributed import check_multirun
+    from pipeline.tracking.uri import check_server, default_tracking_uri
 
-    check_multirun(cfg.trainer, HydraConfig.get().mode == RunMode.MULTIRUN)
+    if multirun():
+        launcher = HydraConfig.get().launcher.get("_target_", "")
+        check_multirun(cfg.trainer, launcher, launched_externally())
     if cfg.logger.name == "mlflow":
         # Before torch, Lightning and MLflow load: an unreachable server is reported at once.
-        check_server(resolve_tracking_uri(cfg.logger, cfg.paths.outputs))
-    from pipeline.runner import print_summary, train
+        check_server(tracking_uri(cfg.logger, cfg.paths.outputs))
+    from pipeline.cli.launch import run_launch
+    from pipeline.run.run import train
+    from pipeline.run.summary import print_summary
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    record = train(cfg, cfg.model_dump(mode="json", exclude=COMMAND_KEYS), run_dir)
-    if global_rank(cfg.trainer.devices) == 0:
-        print_summary(
-            record, record["tracking_uri"] == default_tracking_uri(PROJECT_ROOT / "outputs")
-        )
-    return record["metrics"]
+    launch = run_launch(cfg)
+    record = train(cfg, launch)
+    if launch.rank == 0:
+        local_store = record.tracking_uri == default_tracking_uri(PROJECT_ROOT / "outputs")
+        print_summary(record, local_store)
+    return record.metrics
 
 
 def cli() -> None:
     """`--from-run <MLflow run id> [overrides]` runs a recorded run again: its recorded
-    overrides, then these (see pipeline/provenance.py). Anything else goes to Hydra as is."""
+    overrides, then these (see pipeline/cli/rerun.py). Anything else goes to Hydra as is."""
     args = sys.argv[1:]
     if "--from-run" in args:
         at = args.index("--from-run")
         if at + 1 >= len(args):
             sys.exit("error: --from-run needs an MLflow run id.")
+        from pipeline.cli.rerun import rerun_arguments
         from pipeline.errors import UserError
-        from pipeline.provenance import rerun_arguments
 
         run_id, extra = args[at + 1], args[:at] + args[at + 2 :]
         try:

@@ -24,7 +24,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, run_cli
+from tests.helpers import TINY, run_cli
 
 TSV_ROWS = [f"message number {i} {'win cash' if i % 3 else 'see you'}" for i in range(60)]
 
@@ -231,7 +231,7 @@ CASES: dict[str, Case] = {
 @pytest.fixture(scope="module", autouse=True)
 def _imported() -> None:
     """Import the heavy modules once, so that timings measure the work, not the imports."""
-    import pipeline.runner  # noqa: F401
+    import pipeline.run.run  # noqa: F401
 
 
 def run_train(args: list[str], capsys) -> tuple[int, str]:

@@ -15,9 +15,9 @@ from torch import nn
 
 from benchmarks.common import gpt_shape, train_flops_per_token
 from benchmarks.run import BENCHMARKS, EXPERIMENT
-from pipeline.config import PROJECT_ROOT
+from pipeline.config.paths import PROJECT_ROOT
 from pipeline.model.gpt import GPTModel
-from tests.conftest import _env
+from tests.helpers import cli_env
 
 
 def test_flops_count_every_matmul_weight_once() -> None:
@@ -36,7 +36,7 @@ def test_smoke_suite_writes_results_and_logs_them(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--smoke", "--outputs", str(tmp_path)],
         cwd=PROJECT_ROOT,
-        env=_env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=1100,

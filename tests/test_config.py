@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from pipeline.config import CONF_DIR, validate
-from tests.conftest import compose_config, run_cli
+from pipeline.config.commands import SCHEMAS
+from pipeline.config.paths import CONF_DIR
+from pipeline.config.validate import validate
+from tests.helpers import compose_config, run_cli
 
 
 @pytest.mark.parametrize(
@@ -37,7 +39,7 @@ def test_gpt2_family_shapes() -> None:
 @pytest.mark.parametrize("name", ["config", "evaluate", "generate", "export"])
 def test_every_entry_point_config_composes(name: str) -> None:
     cfg = compose_config(["ckpt=x"] if name != "config" else [], config_name=name)
-    assert validate(cfg).seed == 42
+    assert validate(cfg, SCHEMAS[name]).seed == 42
 
 
 def test_cli_config_error_exits_2_without_traceback_or_torch() -> None:
@@ -49,13 +51,13 @@ def test_cli_config_error_exits_2_without_traceback_or_torch() -> None:
 
 def test_validation_does_not_import_torch() -> None:
     code = (
-        "import sys; from tests.conftest import compose_config; from pipeline.config import "
+        "import sys; from tests.helpers import compose_config; from pipeline.config.validate import "
         "validate; validate(compose_config([])); "
         "assert not {'torch','pytorch_lightning','mlflow'} & set(sys.modules), 'heavy import'"
     )
     import subprocess
 
-    from pipeline.config import PROJECT_ROOT
+    from pipeline.config.paths import PROJECT_ROOT
 
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True)
 

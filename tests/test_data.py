@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import demo_data
-from pipeline.config import DataConfig
-from pipeline.data import IGNORE_INDEX, Collator, build_data, read_records, split_indices
+from pipeline.config.data import DataConfig
+from pipeline.data import demo as demo_data
+from pipeline.data.bundle import build_data
+from pipeline.data.loader import IGNORE_INDEX, Collator
+from pipeline.data.records import read_records, split_indices
+from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
-from pipeline.tokenizer import TextTokenizer
 
 
 def data_cfg(path: Path, **overrides) -> DataConfig:

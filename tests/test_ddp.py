@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, kill_at_step, run_cli, step_of
+from tests.helpers import TINY, kill_at_step, run_cli, step_of
 
 pytestmark = pytest.mark.slow
 

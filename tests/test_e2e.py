@@ -3,13 +3,14 @@ folder and the MLflow record; evaluate, generate and export from the run folder.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, run_cli
+from tests.helpers import TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -140,10 +141,17 @@ def test_sweep_has_a_parent_run_a_summary_and_survives_a_failed_trial(tmp_path: 
     assert result.returncode == 0, result.stderr[-3000:]
     (root,) = outputs.glob("multirun/*/*")
     summary = (root / "sweep_summary.md").read_text()
-    assert "| 1 | 0.003 | 2 | FINISHED" in summary or "(best)" in summary
     assert summary.count("FAILED") >= 2 and "must be divisible by model.n_heads" in summary
     rows = (root / "sweep_summary.csv").read_text().splitlines()
     assert rows[0].startswith("trial,model.n_heads,optim.lr,status,val/loss") and len(rows) == 5
+    # The two trials with 2 heads finished; each has its exact row, the lower loss marked best.
+    finished = [row for row in csv.reader(rows[1:]) if row[3] == "FINISHED"]
+    assert [(heads, lr) for _, heads, lr, *_ in finished] == [("2", "1e-3"), ("2", "3e-3")]
+    best = min(finished, key=lambda row: float(row[4]))
+    for row in finished:
+        trial, heads, lr, _, value = row[:5]
+        status = "FINISHED (best)" if row is best else "FINISHED"
+        assert f"| {trial} | {heads} | {lr} | {status} | {float(value):.6g} |" in summary
     assert (root / "sweep_summary.png").stat().st_size > 1000
     client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("gpt-finetune").experiment_id])

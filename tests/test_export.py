@@ -6,14 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
-from pipeline.export import export_trained
-from pipeline.model.gpt import GPTConfig, GPTModel, pool_last_token
-from pipeline.model.weights import load_into, read_state_dict, save_hf
-from pipeline.restore import Trained, load_trained
-from pipeline.tokenizer import TextTokenizer
+from pipeline.build.restore import load_trained
+from pipeline.build.trained import Trained
+from pipeline.data.tokenizer import TextTokenizer
+from pipeline.formats import export_trained
+from pipeline.model.gpt import GPTConfig, GPTModel
+from pipeline.model.heads import pool_last_token
+from pipeline.weights.gpt2 import save_hf
+from pipeline.weights.io import read_state_dict
+from pipeline.weights.load import load_into
 
-transformers = pytest.importorskip("transformers")
 TOL = 1e-4
 
 

@@ -7,20 +7,21 @@ import json
 import signal
 from pathlib import Path
 
+import peft
 import pytest
 import torch
+import transformers
 
-from pipeline.config import LoraConfig
+from pipeline.build.restore import load_trained
+from pipeline.build.trained import Trained
+from pipeline.config.lora import LoraConfig
+from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
-from pipeline.export import export_trained
+from pipeline.formats import export_trained
 from pipeline.lora import apply_lora, plain_copy
-from pipeline.model.gpt import GPTConfig, GPTModel, pool_last_token
-from pipeline.restore import Trained, load_trained
-from pipeline.tokenizer import TextTokenizer
-from tests.conftest import TINY, app_config, kill_at_step, run_cli, train_in_process
-
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+from pipeline.model.gpt import GPTConfig, GPTModel
+from pipeline.model.heads import pool_last_token
+from tests.helpers import TINY, app_config, kill_at_step, run_cli, train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def hf_gpt2_dir(directory: Path, tokenizer: TextTokenizer) -> Path:
 
 @pytest.mark.slow
 def test_lora_run_trains_only_adapters_and_head_base_stays_bit_identical(tmp_path) -> None:
-    from pipeline.data import build_data
+    from pipeline.data.bundle import build_data
 
     warm = app_config([*TINY, "logger=none"], tmp_path / "out")
     tokenizer = build_data(warm.data, warm.seed).tokenizer
@@ -180,7 +181,7 @@ def test_lora_run_trains_only_adapters_and_head_base_stays_bit_identical(tmp_pat
 
 @pytest.mark.slow
 def test_lora_on_an_hf_llama_exports_a_peft_adapter(tmp_path, tokenizer) -> None:
-    from tests.test_pretrained import tiny_llama
+    from tests.helpers import tiny_llama
 
     tiny_llama(tmp_path / "llama", tokenizer)
     record = train_in_process(
@@ -210,7 +211,7 @@ def test_killed_lora_run_resumes_to_the_same_weights_with_a_small_checkpoint(tmp
     never interrupted: same weights, same MLflow run, no metric step logged twice."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.data import build_data
+    from pipeline.data.bundle import build_data
 
     warm = app_config([*TINY, "logger=none"], tmp_path / "warm")
     base_dir = hf_gpt2_dir(tmp_path / "gpt2", build_data(warm.data, warm.seed).tokenizer)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from pipeline.data import IGNORE_INDEX
-from pipeline.model.gpt import pool_last_token
-from pipeline.module import classification_loss, lm_loss, lr_lambda
+from pipeline.data.loader import IGNORE_INDEX
+from pipeline.model.heads import pool_last_token
+from pipeline.run.module import classification_loss, lm_loss, lr_lambda
 
 
 def test_binary_loss_is_logistic_regression_loss() -> None:

@@ -8,20 +8,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
+import transformers
 
+from pipeline.build.model import build_model
+from pipeline.build.restore import load_pretrained, load_trained
+from pipeline.build.trained import Trained
+from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
-from pipeline.export import export_trained
-from pipeline.model.gpt import GPTModel, pool_last_token
-from pipeline.model.weights import read_hf_weights, save_hf
-from pipeline.restore import Trained, load_pretrained, load_trained
-from pipeline.runner import build_model
-from pipeline.tokenizer import TextTokenizer
-from tests.conftest import TINY, app_config, train_in_process
+from pipeline.formats import export_trained
+from pipeline.model.gpt import GPTModel
+from pipeline.model.heads import pool_last_token
+from pipeline.weights.gpt2 import save_hf
+from pipeline.weights.io import read_hf_weights
+from tests.helpers import TINY, app_config, randomize, tiny_llama, train_in_process
 
-transformers = pytest.importorskip("transformers")
-ort = pytest.importorskip("onnxruntime")
 TOL = 1e-4
 
 
@@ -29,15 +32,6 @@ TOL = 1e-4
 def tokenizer() -> TextTokenizer:
     texts = ["Are you free tonight?", "WINNER! Call now to claim your prize."] * 40
     return TextTokenizer.train(texts, vocab_size=300, min_frequency=1)
-
-
-def randomize(model: torch.nn.Module) -> torch.nn.Module:
-    """Large random weights everywhere (LayerNorms included), so layout mistakes show."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.2)
-    return model.eval()
 
 
 def hf_gpt2(vocab: int, **config) -> torch.nn.Module:
@@ -99,7 +93,7 @@ def test_single_weight_files_in_hf_and_our_naming(tmp_path, tokenizer) -> None:
     torch.save(ours.state_dict(), tmp_path / "ours.pth")
     for path in (tmp_path / "hf" / "model.safetensors", tmp_path / "ours.pth"):
         model = GPTModel(ours.cfg)
-        from pipeline.model.weights import load_into
+        from pipeline.weights.load import load_into
 
         load_into(model, load_pretrained(path).state, str(path))
         assert_same_logits(model.eval(), hf, tokenizer.vocab_size)
@@ -163,22 +157,6 @@ def test_classifier_onnx_pools_the_last_real_token(tmp_path, tokenizer) -> None:
     check_onnx(out["onnx"] / "model.onnx", model, tokenizer.vocab_size)
 
 
-def tiny_llama(directory: Path, tokenizer: TextTokenizer) -> None:
-    config = transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_id,
-        bos_token_id=tokenizer.eos_id,
-    )
-    randomize(transformers.LlamaForCausalLM(config)).save_pretrained(directory)
-    tokenizer.save(directory)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "causal_lm"])
 def test_model_hf_trains_a_llama_and_exports_hf_and_onnx(tmp_path, tokenizer, task) -> None:
@@ -217,7 +195,7 @@ def test_errors_name_keys_shapes_and_fixes(tmp_path, tokenizer) -> None:
     hf = hf_gpt2(tokenizer.vocab_size)
     state = load_trained_gpt(tmp_path, tokenizer).state_dict()
     model = GPTModel(load_trained(tmp_path / "src").model.cfg)
-    from pipeline.model.weights import load_into
+    from pipeline.weights.load import load_into
 
     missing = {k: v for k, v in state.items() if k != "trf_blocks.1.norm2.bias"}
     with pytest.raises(UserError, match=r"missing keys: trf_blocks.1.norm2.bias"):

@@ -14,7 +14,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, app_config, kill_at_step, run_cli, step_of, train_until
+from tests.helpers import (
+    TINY,
+    app_config,
+    kill_at_step,
+    run_cli,
+    step_of,
+    train_config,
+    train_until,
+)
 
 # 20 batches per epoch, last.ckpt every 3 steps, dropout on (so the RNG state matters).
 ARGS = [*TINY, "model.drop_rate=0.1", "trainer.checkpoint.every_n_train_steps=3"]
@@ -91,8 +99,7 @@ def test_a_checkpoint_appears_only_once_the_metrics_of_its_steps_are_in_mlflow(
     batch that makes global step k + 1), since a run resumed from it never logs them again.
     Lightning saves a step's checkpoint before it logs that step, and logs validation before
     the checkpoint that follows it."""
-    from pipeline import faults
-    from pipeline.runner import train
+    from pipeline.run import faults
 
     outputs = tmp_path / "outputs"
     cfg = app_config(ARGS, outputs)
@@ -116,7 +123,7 @@ def test_a_checkpoint_appears_only_once_the_metrics_of_its_steps_are_in_mlflow(
     faults_publish = faults.publish
     monkeypatch.setattr(faults, "publish", publish)
     (tmp_path / "run").mkdir()
-    train(cfg, cfg.model_dump(mode="json"), tmp_path / "run")
+    train_config(cfg, tmp_path / "run")
 
     final = stored()
     assert len(seen) > 2 * BATCHES_PER_EPOCH // 3  # every 3 steps, and at each epoch's end
@@ -152,7 +159,7 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_mark_the_run_killed(tmp_path, 
 
 @pytest.mark.slow
 def test_from_run_reproduces_a_recorded_run(straight) -> None:
-    from pipeline.provenance import sha256
+    from pipeline.tracking.provenance import sha256
 
     ref_dir, reference = straight
     outputs = ref_dir.parents[3]

@@ -10,10 +10,11 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.config.search import load_search
 from pipeline.errors import UserError
-from pipeline.search import distributions, load_search, overrides
-from pipeline.sweep import markdown_table, swept_params
-from tests.conftest import TINY, compose_config, run_cli
+from pipeline.sweeps.search import distributions, overrides
+from pipeline.sweeps.summary import markdown_table, swept_params
+from tests.helpers import TINY, compose_config, run_cli
 
 # A search a user would write in conf/hparams_search/; the tests add it through hydra.searchpath.
 # lr 1e-7 barely moves the loss, so once a 3e-3 trial has finished, the pruner stops it.

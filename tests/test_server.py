@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, run_cli
+from tests.helpers import TINY, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -11,22 +11,23 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.config import SparsityConfig
+from pipeline.build.restore import load_trained
+from pipeline.config.sparsity import SparsityConfig
 from pipeline.errors import UserError
 from pipeline.model.gpt import GPTConfig, GPTModel
-from pipeline.module import param_groups
-from pipeline.restore import load_trained
+from pipeline.run.module import param_groups
 from pipeline.sparsity.masks import drop_and_grow, select
 from pipeline.sparsity.measure import ActivationCounter
 from pipeline.sparsity.pruner import Pruner, input_norms
 from pipeline.sparsity.schedule import Schedule
 from pipeline.sparsity.targets import target_layers
-from tests.conftest import (
+from tests.helpers import (
     TINY,
     app_config,
     kill_at_step,
     run_cli,
     step_of,
+    train_config,
     train_in_process,
 )
 
@@ -367,8 +368,6 @@ def test_lora_keeps_masked_base_weights_and_merges_into_masked_weights(tmp_path)
 def test_sparsity_metrics_and_report_reach_mlflow(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.runner import train
-
     outputs = tmp_path / "outputs"
     cfg = app_config(
         [
@@ -386,7 +385,7 @@ def test_sparsity_metrics_and_report_reach_mlflow(tmp_path):
     )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    record = train(cfg, cfg.model_dump(mode="json"), run_dir)
+    record = train_config(cfg, run_dir)
     client = MlflowClient(record["tracking_uri"])
     run = client.get_run(record["run_id"])
     metrics = run.data.metrics
@@ -425,10 +424,12 @@ def test_accelerate_needs_cuda_with_sparse_tensor_cores(tmp_path):
 
 
 def test_a_hugging_face_llama_prunes_2_4_with_wanda_and_exports_it(tmp_path):
-    from tests.test_pretrained import tiny_llama, transformers
+    import transformers
+
+    from tests.helpers import tiny_llama
 
     tokenizer_source = app_config([*TINY, "logger=none"], tmp_path / "warm")
-    from pipeline.data import build_data
+    from pipeline.data.bundle import build_data
 
     tokenizer = build_data(tokenizer_source.data, tokenizer_source.seed).tokenizer
     tiny_llama(tmp_path / "llama", tokenizer)

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pipeline.model.gpt import GPTConfig, GPTModel
-from pipeline.module import param_groups
-from tests.conftest import train_in_process
+from pipeline.run.module import param_groups
+from tests.helpers import train_in_process
 
 
 def three_class_file(path: Path, n: int = 240) -> Path:
@@ -79,7 +79,7 @@ def test_resume_refuses_a_checkpoint_outside_a_run_folder(tmp_path: Path) -> Non
     import pytest
 
     from pipeline.errors import UserError
-    from pipeline.runner import locate_resume
+    from pipeline.run.resume import locate_resume
 
     stray = tmp_path / "backups" / "last.ckpt"
     stray.parent.mkdir()
@@ -91,8 +91,8 @@ def test_resume_refuses_a_checkpoint_outside_a_run_folder(tmp_path: Path) -> Non
 
 
 def test_adamw_is_fused_and_steps_like_the_loop_version() -> None:
-    from pipeline.config import OptimConfig
-    from pipeline.module import build_optimizer
+    from pipeline.config.optim import OptimConfig
+    from pipeline.run.module import build_optimizer
 
     o = OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1, batch_size=8)
     torch.manual_seed(0)
@@ -117,9 +117,9 @@ def test_bf16_mixed_clips_the_fused_optimizer_s_gradients(tmp_path: Path) -> Non
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from pipeline.config import OptimConfig
-    from pipeline.data import Collator
-    from pipeline.module import GPTLightningModule
+    from pipeline.config.optim import OptimConfig
+    from pipeline.data.loader import Collator
+    from pipeline.run.module import GPTLightningModule
 
     torch.manual_seed(0)
     model = GPTModel(GPTConfig(50, 16, 16, 2, 1))

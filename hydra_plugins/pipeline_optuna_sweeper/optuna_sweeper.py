@@ -12,9 +12,11 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from pipeline import search as s
-from pipeline import sweep_stop
+from pipeline.cli.launch import TRIAL_ENV
+from pipeline.cli.sweep import check_search
 from pipeline.errors import UserError
+from pipeline.sweeps import search as s
+from pipeline.sweeps import stop as sweep_stop
 
 
 class OptunaSweeper(Sweeper):
@@ -32,7 +34,7 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         try:
-            search = s.check_search(self.config)
+            search = check_search(self.config)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -47,7 +49,7 @@ class OptunaSweeper(Sweeper):
         while (left := search.n_trials - s.trials_done(study)) > 0:
             trials = [study.ask(space) for _ in range(min(search.n_jobs, left))]
             batch = [
-                [*arguments, *s.overrides(t.params), f"+hydra.job.env_set.{s.TRIAL_ENV}={t.number}"]
+                [*arguments, *s.overrides(t.params), f"+hydra.job.env_set.{TRIAL_ENV}={t.number}"]
                 for t in trials
             ]
             self.validate_batch_is_legal(batch)

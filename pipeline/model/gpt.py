@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.model.heads import pool_last_token
 from pipeline.model.sampling import Generates
 
 
@@ -100,6 +101,12 @@ class TransformerBlock(nn.Module):
 
 
 class GPTModel(Generates, nn.Module):
+    """Implements pipeline.model.contract.Model."""
+
+    arch = "gpt"
+    peft_prefix = ""
+    peft_task = None
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
@@ -135,9 +142,20 @@ class GPTModel(Generates, nn.Module):
     def n_outputs(self) -> int | None:
         return self.cfg.n_outputs
 
+    @property
+    def peft_root(self) -> nn.Module:
+        return self
+
+    def with_peft_root(self, root: nn.Module) -> nn.Module:
+        # PEFT wraps our GPT itself: the wrapper (or, unloaded, the plain GPT) is the model.
+        return root
+
+    def pooled(self, logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return pool_last_token(logits, lengths)
+
     def metadata(self) -> dict:
         """What rebuilds this model (stored in checkpoints)."""
-        return {"arch": "gpt", "gpt_config": self.cfg.to_dict()}
+        return {"arch": self.arch, "gpt_config": self.cfg.to_dict()}
 
     @property
     def tied(self) -> bool:
@@ -166,8 +184,3 @@ class GPTModel(Generates, nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         # parameters() yields a tied tensor once, so the count is not doubled.
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-def pool_last_token(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The logits at each sequence's last real token (never a pad: padding is on the right)."""
-    return logits[torch.arange(logits.shape[0], device=logits.device), lengths - 1]

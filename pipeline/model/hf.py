@@ -21,11 +21,16 @@ from transformers import (
 
 from pipeline.errors import UserError
 from pipeline.files import move_files_into
+from pipeline.model.heads import classifier_fields
 from pipeline.model.sampling import Generates
-from pipeline.model.weights import classifier_fields
 
 
 class HFModel(Generates, nn.Module):
+    """Implements pipeline.model.contract.Model around a transformers model (`hf`)."""
+
+    arch = "hf"
+    peft_prefix = "hf."
+
     def __init__(self, model: nn.Module, n_outputs: int | None):
         super().__init__()
         self.hf = model
@@ -40,6 +45,22 @@ class HFModel(Generates, nn.Module):
     @property
     def is_lm(self) -> bool:
         return self.n_outputs is None
+
+    @property
+    def peft_task(self) -> str:
+        return "CAUSAL_LM" if self.is_lm else "SEQ_CLS"
+
+    @property
+    def peft_root(self) -> nn.Module:
+        return self.hf
+
+    def with_peft_root(self, root: nn.Module) -> HFModel:
+        self.hf = root
+        return self
+
+    def pooled(self, logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # transformers' classifiers pool inside, at the last token that is not padding.
+        return logits
 
     @classmethod
     def from_pretrained(
@@ -82,7 +103,11 @@ class HFModel(Generates, nn.Module):
         return cls(auto.from_config(config, dtype=torch.float32), meta["n_outputs"])
 
     def metadata(self) -> dict[str, Any]:
-        return {"arch": "hf", "hf_config": self.hf.config.to_dict(), "n_outputs": self.n_outputs}
+        return {
+            "arch": self.arch,
+            "hf_config": self.hf.config.to_dict(),
+            "n_outputs": self.n_outputs,
+        }
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

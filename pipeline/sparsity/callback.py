@@ -10,8 +10,10 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from pipeline.config import SparsityConfig
-from pipeline.restore import SPARSITY_KEY
+from pipeline import checkpoint
+from pipeline.config.sparsity import SparsityConfig
+from pipeline.data.bundle import DataBundle
+from pipeline.data.loader import Collator
 from pipeline.sparsity.measure import ActivationCounter, gradient_sparsity, write_report
 from pipeline.sparsity.pruner import Pruner, input_norms
 from pipeline.sparsity.schedule import Schedule
@@ -127,15 +129,40 @@ class SparsityCallback(pl.Callback):
             pl_module.log_dict(metrics, batch_size=1)
 
     # -- checkpoints ----------------------------------------------------------------------
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[SPARSITY_KEY] = {
-            "masks": self.pruner.state(),
-            "step": self.step,
-            "history": [list(h) for h in self.history],
-        }
+    def on_save_checkpoint(self, trainer, pl_module, ckpt: dict) -> None:
+        ckpt[checkpoint.SPARSITY_KEY] = checkpoint.sparsity_entry(
+            self.pruner.state(), self.step, self.history
+        )
 
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        saved = checkpoint.get(SPARSITY_KEY)
+    def on_load_checkpoint(self, trainer, pl_module, ckpt: dict) -> None:
+        saved = ckpt.get(checkpoint.SPARSITY_KEY)
         if saved:
             self._restored = dict(saved["masks"])
             self.history = [tuple(h) for h in saved["history"]]
+
+
+def for_run(
+    cfg: SparsityConfig,
+    model: nn.Module,
+    layers: list[str],
+    bundle: DataBundle,
+    seed: int,
+    report_dir: Path,
+) -> SparsityCallback | None:
+    """The callback that prunes and measures, when the sparsity config asks for either."""
+    if not cfg.active:
+        return None
+    calibration = None
+    if cfg.method == "wanda":
+        calibration = calibration_batch(bundle, cfg.calibration_samples, seed)
+    return SparsityCallback(cfg, model, layers, calibration, report_dir)
+
+
+def calibration_batch(bundle: DataBundle, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n training examples drawn with the run's seed (the same on every rank): ids, lengths."""
+    ids = bundle.splits["train"].ids
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))
+    batch = Collator("causal_lm", bundle.tokenizer.pad_id, False)(
+        [(ids[i], None) for i in order[:n].tolist()]
+    )
+    return batch["input_ids"], batch["lengths"]

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.config import SparsityConfig
+from pipeline.config.sparsity import SparsityConfig
 from pipeline.errors import UserError
 from pipeline.sparsity.masks import drop_and_grow, keep_in_groups, select
 from pipeline.sparsity.targets import linear_layers, parameters

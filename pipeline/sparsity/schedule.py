@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.config import SparsityConfig
+from pipeline.config.sparsity import SparsityConfig
 from pipeline.errors import UserError
 
 

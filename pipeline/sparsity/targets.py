@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.model.layers import resolve_targets
 
 
 def canonical(name: str) -> str:
@@ -33,11 +34,8 @@ def target_layers(model: nn.Module, spec: str | list[str]) -> list[str]:
     """The plain names of the Linear layers `sparsity.target_modules` selects (call before LoRA
     wraps the model). An output head is pruned only when a pattern names it; a tied head is
     the token embedding, so pruning it prunes both."""
-    from pipeline.lora import resolve_targets
-
-    prefix = "hf." if hasattr(model, "hf") else ""
     chosen = resolve_targets(model, spec, "sparsity.target_modules", heads=True)
-    names = [prefix + n for n in chosen]
+    names = [model.peft_prefix + n for n in chosen]
     linear = linear_layers(model)
     other = [n for n in names if n not in linear]
     if other:

@@ -1,0 +1,134 @@
+"""What every command shares: Hydra over conf/, validation first, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.cli.launch import stop_file
+from pipeline.config.commands import SCHEMAS
+from pipeline.config.paths import CONF_DIR, PROJECT_ROOT
+from pipeline.config.validate import validate
+from pipeline.errors import Interrupted, TrialPruned, UserError
+from pipeline.record import RunRecord, Status
+from pipeline.sweeps import stop as sweep_stop
+
+OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+
+
+def hydra_command(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
+    """Turn `fn(validated_config)` into a Hydra app reading conf/<config_name>.yaml, validated
+    with that file's schema (config/commands.py).
+
+    Torch and friends are imported inside `fn`, so `--cfg job` and config errors stay fast.
+    """
+
+    def decorate(fn: Callable[[Any], Any]) -> Callable[[], Any]:
+        @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+        @functools.wraps(fn)
+        def main(cfg: DictConfig) -> Any:
+            _quiet_lightning()
+            stop = stop_file()  # None outside a sweep
+            if stop is not None:
+                sweep_stop.install(stop)
+                if (signum := sweep_stop.stop_signal(stop)) is not None:
+                    _discard_empty_run_dir()
+                    name = signal.Signals(signum).name
+                    error = f"not started: sweep stopped by {name}"
+                    return {"status": Status.KILLED.value, "error": error}
+            try:
+                return fn(validate(cfg, SCHEMAS[config_name]))
+            except TrialPruned as exc:
+                # Not a failure: the search's pruner stopped this trial (recorded in run.json).
+                print(f"Trial pruned: {exc}", file=sys.stderr)
+                return {"status": Status.PRUNED.value, "error": str(exc)}
+            except Exception as exc:
+                if stop is not None:
+                    if isinstance(exc, Interrupted):
+                        # The trial's run is KILLED with its checkpoint; the sweep ends in order.
+                        sweep_stop.request_stop(stop, exc.signum)
+                        print(f"error: {exc}", file=sys.stderr)
+                        return {"status": Status.KILLED.value, "error": str(exc)}
+                    # One failed trial is recorded and the sweep goes on.
+                    return _record_failed_trial(exc)
+                if not isinstance(exc, UserError):
+                    raise
+                _discard_empty_run_dir()
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(exc.exit_code)
+
+        return main
+
+    return decorate
+
+
+class CheckOutputs(Callback):
+    """Refuse an unwritable paths.outputs in one sentence, before Hydra creates the run
+    folder in it (which would otherwise fail with a traceback)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        outputs = Path(str(config.paths.outputs)).expanduser()
+        try:
+            outputs.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=outputs):
+                pass
+        except OSError as exc:
+            print(
+                f"error: Cannot write to paths.outputs={outputs} ({exc.strerror}). Point "
+                "paths.outputs at a writable folder, e.g. paths.outputs=$HOME/gpt-outputs.",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+
+def _discard_empty_run_dir() -> None:
+    """A run refused before it did any work leaves no folder behind (Hydra makes it first).
+
+    Only a folder Hydra made for this job, holding nothing but its .hydra/ and log, is removed;
+    commands that run in place (hydra.output_subdir=null, run.dir=.) never remove anything.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is None:
+        return
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if (run_dir / ".hydra").is_dir() and all(
+        p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
+    ):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _record_failed_trial(exc: Exception) -> dict[str, str]:
+    """The trial's run.json says FAILED and why (the run itself writes one once it started)."""
+    message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    print(f"error: trial failed: {message}", file=sys.stderr)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if RunRecord.read(run_dir) is None:
+        RunRecord(status=Status.FAILED, error=message).write(run_dir)
+    return {"status": Status.FAILED.value, "error": message}
+
+
+def _quiet_lightning() -> None:
+    """Keep Lightning's advertising tip and an internal deprecation warning off the console."""
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )

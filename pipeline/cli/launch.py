@@ -1,0 +1,86 @@
+"""What a command learns from Hydra and the environment, read here once and handed down:
+the run folder, this process's rank, the tracking store, the sweep it belongs to, and a search
+trial's study."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from pipeline.config.logger import LoggerConfig
+from pipeline.config.train import TrainConfig
+from pipeline.tracking.provenance import redact
+from pipeline.tracking.uri import resolve_tracking_uri
+
+# Set by the sweep callback (cli/sweep.py) for its trials, in process or in worker processes.
+PARENT_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
+# Set per job by the Optuna sweeper (hydra.job.env_set): the trial number this job runs.
+TRIAL_ENV = "PIPELINE_SEARCH_TRIAL"
+
+
+def multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def stop_file() -> Path | None:
+    """This sweep's stop file (sweeps/stop.py), or None outside a sweep."""
+    from pipeline.sweeps.stop import marker_in
+
+    return marker_in(HydraConfig.get().sweep.dir) if multirun() else None
+
+
+def global_rank(devices_per_node: int | str = 1) -> int:
+    """This process's rank, from the variables torchrun, SLURM or Lightning's launcher set
+    (0 when none is set: a single process, or the process that launches the others)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    local, node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("NODE_RANK", 0))
+    return node * (devices_per_node if isinstance(devices_per_node, int) else 1) + local
+
+
+def launched_externally() -> bool:
+    """torchrun or SLURM started one process per rank, so Lightning spawns none."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "SLURM_NTASKS" in os.environ
+
+
+def tracking_uri(logger: LoggerConfig, outputs: str | Path) -> str:
+    return resolve_tracking_uri(logger.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"), outputs)
+
+
+def command_line() -> str:
+    """The command line that started this process, credentials redacted."""
+    return redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+
+
+def search_callbacks() -> list:
+    """Inside a search trial, the callback that reports to its Optuna trial; else none."""
+    number = os.environ.get(TRIAL_ENV)
+    if number is None:
+        return []
+    from pipeline.config.search import is_search, load_search
+
+    if not HydraConfig.initialized() or not is_search(HydraConfig.get().sweeper):
+        return []
+    from pipeline.sweeps.trial import report_to
+
+    return [report_to(load_search(HydraConfig.get().sweeper), int(number))]
+
+
+def run_launch(cfg: TrainConfig):
+    """The Launch of the training run this process is part of."""
+    from pipeline.run.launch import Launch
+
+    return Launch(
+        run_dir=Path(HydraConfig.get().runtime.output_dir),
+        rank=global_rank(cfg.trainer.devices),
+        tracking_uri=tracking_uri(cfg.logger, cfg.paths.outputs),
+        parent_run_id=os.environ.get(PARENT_ENV),
+        stop_file=stop_file(),
+        callbacks=search_callbacks(),
+        command=command_line(),
+    )

@@ -1,0 +1,48 @@
+"""The keys of the commands that use a trained model (conf/evaluate.yaml, generate.yaml,
+export.yaml), on top of the training config they compose first."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.config.train import TrainConfig
+
+
+class FromCheckpoint(TrainConfig):
+    ckpt: str
+    """A run folder, a Lightning .ckpt, or an export folder in any layout model.init_from reads."""
+
+    def _check_export(self) -> None:
+        # The checkpoint decides whether adapter/merged can be written (pipeline.formats).
+        pass
+
+
+class EvaluateConfig(FromCheckpoint):
+    split: Literal["train", "val", "test"] = "test"
+    """The split of the data that is evaluated."""
+
+
+class GenerateConfig(FromCheckpoint):
+    prompt: str = ""
+    """The text to continue (or, for a classifier, to label)."""
+    max_new_tokens: int = Field(default=50, ge=0)
+    """Tokens to generate."""
+    temperature: float = Field(default=1.0, ge=0.0)
+    """Sampling temperature; 0 is greedy decoding."""
+    top_k: int | None = Field(default=None, gt=0)
+    """Sample only among the k most likely tokens; null: all."""
+
+
+class ExportCommandConfig(FromCheckpoint):
+    pass
+
+
+# conf/<name>.yaml -> the schema that validates it.
+SCHEMAS: dict[str, type[TrainConfig]] = {
+    "config": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "generate": GenerateConfig,
+    "export": ExportCommandConfig,
+}

@@ -1,0 +1,72 @@
+"""conf/data/: the data set, its format and columns, the task, splits and the tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.config.base import Group, fail
+
+
+class TokenizerConfig(Group):
+    path: str | None = None
+    """A tokenizer.json file or a directory holding one; null trains a byte-level BPE on the
+    training split."""
+    vocab_size: int = Field(default=8192, ge=300)
+    """Vocabulary of a tokenizer trained on the data."""
+    min_frequency: int = Field(default=2, ge=1)
+    """A pair of tokens is merged only if it occurs at least this often."""
+
+
+class DataConfig(Group):
+    name: str
+    """The preset's name (demo, demo_lm, tsv, csv, jsonl, text)."""
+    task: Literal["classification", "causal_lm"]
+    """classification: one label per text; causal_lm: next-token prediction."""
+    format: Literal["tsv", "csv", "jsonl", "text"]
+    """How data.path is read (text: one example a line)."""
+    path: str
+    """The data file; val/test splits come from it unless val_path/test_path are given."""
+    synthetic_examples: int | None = Field(default=None, gt=0)
+    """When set, data.path is generated with this many synthetic messages if it does not exist."""
+    val_path: str | None = None
+    """A separate validation file (then val_fraction is not used)."""
+    test_path: str | None = None
+    """A separate test file (then test_fraction is not used)."""
+    text_column: str
+    """The column (or JSON key) holding the text."""
+    label_column: str | None = None
+    """The column holding the label (classification)."""
+    val_fraction: float = Field(ge=0.0, lt=1.0)
+    """Share of data.path held out for validation, chosen by seed."""
+    test_fraction: float = Field(ge=0.0, lt=1.0)
+    """Share of data.path held out for testing, chosen by seed."""
+    max_length: int = Field(gt=1)
+    """Tokens per example (at most the model's context)."""
+    long_sequences: Literal["truncate", "error"] = "truncate"
+    """A text longer than max_length tokens: cut it with a warning, or refuse the data."""
+    num_workers: int = Field(default=0, ge=0)
+    """DataLoader worker processes."""
+    tokenizer: TokenizerConfig = TokenizerConfig()
+
+    def check(self) -> None:
+        if self.task == "classification" and not self.label_column:
+            raise fail(
+                "data.label_column",
+                self.label_column,
+                "classification needs the name of the label column (or data.task=causal_lm)",
+            )
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise fail(
+                "data.val_fraction",
+                self.val_fraction,
+                f"data.val_fraction + data.test_fraction (now {self.test_fraction}) must stay "
+                "below 1",
+            )
+        if self.synthetic_examples is None:
+            for key in ("path", "val_path", "test_path"):
+                value = getattr(self, key)
+                if value is not None and not Path(value).is_file():
+                    raise fail(f"data.{key}", value, "an existing file (no such file)")

@@ -1,0 +1,26 @@
+"""conf/config.yaml's `export:`: the layouts written at the end of training (and by
+python -m pipeline.export)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.config.base import SIZE_PATTERN, Group, parse_size
+
+EXPORT_FORMATS = ("hf", "weights", "onnx", "adapter", "merged")
+
+
+class ExportConfig(Group):
+    formats: list[Literal[EXPORT_FORMATS]] = Field(default=["hf"])  # type: ignore[valid-type]
+    """hf (config.json + model.safetensors + tokenizer, for transformers), weights (a plain
+    model.pth state_dict), onnx (model.onnx, onnxruntime), adapter and merged (LoRA runs)."""
+    dir: str | None = None
+    """Where they are written; null: <run folder>/export."""
+    max_shard_size: str = Field(default="5GB", pattern=SIZE_PATTERN)
+    """Larger safetensors weights are split into shards with an index, as transformers does."""
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.max_shard_size)

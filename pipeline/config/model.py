@@ -1,0 +1,74 @@
+"""conf/model/: the architecture and its shape, or pretrained weights to start from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.config.base import Group, fail
+from pipeline.errors import UserError
+
+
+class ModelConfig(Group):
+    name: str
+    """The preset's name (gpt-tiny, gpt-mini, gpt2-small ... gpt2-xl, hf)."""
+    arch: Literal["gpt", "hf"] = "gpt"
+    """gpt: the GPT of the teaching texts (the shape fields below). hf: any Hugging Face
+    causal-LM / sequence-classification directory given by init_from (shape fields unused)."""
+    vocab_size: int | None = Field(default=None, gt=0)
+    """null: the size of the tokenizer's vocabulary."""
+    context_length: int = Field(default=1024, gt=0)
+    """Positions the model can attend over (GPT_CONFIG's context_length)."""
+    emb_dim: int = Field(default=768, gt=0)
+    """Width of the embeddings and of every block."""
+    n_heads: int = Field(default=12, gt=0)
+    """Attention heads; must divide emb_dim."""
+    n_layers: int = Field(default=12, gt=0)
+    """Transformer blocks."""
+    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on embeddings, attention and the residual branches."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections (GPT-2 has them)."""
+    tie_weights: bool = True
+    """A language model's output head shares the token embedding matrix."""
+    layer_norm_eps: float = Field(default=1e-5, gt=0.0)
+    """LayerNorm's epsilon."""
+    init_from: str | None = None
+    """Pretrained weights: a run folder, a .ckpt, a Hugging Face directory or a weights file."""
+
+    def check(self) -> None:
+        if self.arch == "hf" and not self.init_from:
+            raise fail(
+                "model.init_from",
+                None,
+                "a Hugging Face model directory (config.json + weights) when model=hf",
+            )
+        if self.init_from and not Path(self.init_from).expanduser().exists():
+            raise fail(
+                "model.init_from", self.init_from, "an existing directory or file (not found)"
+            )
+        if self.arch == "gpt" and self.emb_dim % self.n_heads:
+            divisors = [h for h in range(1, min(self.emb_dim, 64) + 1) if self.emb_dim % h == 0]
+            raise fail(
+                "model.n_heads",
+                self.n_heads,
+                f"model.emb_dim ({self.emb_dim}) must be divisible by model.n_heads; "
+                f"head counts that divide it: {divisors}",
+            )
+
+
+def check_context(max_length: int, context_length: int, pretrained: bool) -> None:
+    """The one rule between data and model: an example fits the model's context. A preset's
+    context is known when the config is validated; a pretrained model's once it is read."""
+    if max_length <= context_length:
+        return
+    if not pretrained:
+        raise fail(
+            "data.max_length", max_length, f"at most model.context_length ({context_length})"
+        )
+    raise UserError(
+        f"data.max_length={max_length} is longer than the model's context "
+        f"({context_length} tokens). Lower data.max_length."
+    )

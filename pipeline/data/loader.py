@@ -1,0 +1,125 @@
+"""Batches for Lightning: right-padded tensors, a seeded shuffle that a resumed run can
+continue mid-epoch, and the DataModule.
+
+Classification batches carry the index of each example's last real token (the pooled position);
+causal-LM batches carry next-token targets with IGNORE_INDEX wherever there is padding.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from pipeline.data.bundle import DataBundle, TokenizedSplit
+
+IGNORE_INDEX = -100
+
+
+class Collator:
+    """Right-pads a list of examples into tensors; padding never reaches the loss."""
+
+    def __init__(self, task: str, pad_id: int, binary: bool):
+        self.task, self.pad_id, self.binary = task, pad_id, binary
+
+    def __call__(self, batch: list[tuple[list[int], int | None]]) -> dict:
+        lengths = [len(ids) for ids, _ in batch]
+        width = max(lengths)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        for row, (ids, _) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        out = {
+            "input_ids": input_ids,
+            "lengths": torch.tensor(lengths, dtype=torch.long),
+            # A plain int, counted here on the CPU so the training step never syncs for it.
+            "n_tokens": sum(lengths),
+        }
+        if self.task == "causal_lm":
+            targets = torch.full_like(input_ids, IGNORE_INDEX)
+            for row, n in enumerate(lengths):
+                targets[row, : n - 1] = input_ids[row, 1:n]
+            out["targets"] = targets
+        else:
+            labels = torch.tensor([label for _, label in batch])
+            out["labels"] = labels.float() if self.binary else labels.long()
+        return out
+
+
+class EpochShuffle(DistributedSampler):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone, so a resumed run sees
+    the order an uninterrupted run would have seen; under DDP each rank takes every
+    `num_replicas`-th index of it (a DistributedSampler, so Lightning does not wrap it).
+    Lightning calls set_epoch at the start of every epoch. A run resumed mid-epoch skips the
+    examples this rank had already trained on in that epoch (`skip`, consumed by the first
+    pass only): skipping after the split, not before, is what keeps every rank's share."""
+
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        order += order[: self.total_size - len(order)]  # every rank the same number, as DDP needs
+        skip, self.skip = self.skip, 0
+        return iter(order[self.rank : self.total_size : self.num_replicas][skip:])
+
+
+class _Examples(torch.utils.data.Dataset):
+    def __init__(self, split: TokenizedSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.ids)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int | None]:
+        label = None if self.split.labels is None else self.split.labels[i]
+        return self.split.ids[i], label
+
+
+class TextDataModule(pl.LightningDataModule):
+    def __init__(
+        self, bundle: DataBundle, batch_size: int, eval_batch_size: int, seed: int, workers: int
+    ):
+        super().__init__()
+        self.bundle = bundle
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.seed, self.workers = seed, workers
+        self.collate = Collator(bundle.task, bundle.tokenizer.pad_id, bundle.n_outputs == 1)
+        self._batches_done = 0
+
+    def resume_mid_epoch(self, batches_done: int) -> None:
+        """The next training epoch starts after the first `batches_done` batches of this
+        rank's order (a checkpoint saved mid-epoch); a count of whole epochs skips nothing."""
+        self._batches_done = batches_done
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        examples = _Examples(self.bundle.splits[split])
+        sampler = None
+        if shuffle:
+            world = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = EpochShuffle(examples, self.seed, *world)
+            n_batches = -(-sampler.num_samples // self.batch_size)
+            sampler.skip = self._batches_done % n_batches * self.batch_size
+            self._batches_done = 0
+        return DataLoader(
+            examples,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            # Its own generator: creating an iterator draws a base seed, which must not move
+            # the global generator (dropout), or a resumed run would drift from the original.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,135 @@
+"""Reading data files (TSV, CSV, JSONL, text) into texts and labels, and splitting them by
+seed into train, validation and test."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config.data import DataConfig
+from pipeline.data import demo
+from pipeline.errors import UserError
+
+
+@dataclass
+class Records:
+    texts: list[str]
+    labels: list[str] | None
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8; anything else is reported with the line where decoding failed."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark is not part of the first column
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}, line {line}, is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+            f"{exc.start}). Convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8."
+        ) from None
+
+
+def parse_jsonl(path: Path, text: str) -> list[dict]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path}, line {number}, is not valid JSON ({exc.msg}, column {exc.colno}). "
+                "Each line of a .jsonl file must hold one JSON object; fix or remove that line."
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path}, line {number}, holds a JSON {type(row).__name__}, not an object. "
+                'Each line must be an object such as {"text": ..., "label": ...}.'
+            )
+        rows.append(row)
+    return rows
+
+
+def read_records(path: str | Path, cfg: DataConfig) -> Records:
+    """The text (and label) column of a file in `cfg.format`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Data file {path} does not exist. Check data.path.")
+    want_labels = cfg.task == "classification"
+    text = read_text(path)
+    if cfg.format == "text":
+        lines = [line.strip() for line in text.splitlines()]
+        if not any(lines):
+            raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
+        return Records([line for line in lines if line], None)
+    if cfg.format == "jsonl":
+        rows = parse_jsonl(path, text)
+    else:
+        delimiter = "\t" if cfg.format == "tsv" else ","
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+        except csv.Error as exc:
+            raise UserError(
+                f"Could not read {path} as {cfg.format} ({exc}). Check data.format (tsv, csv, "
+                "jsonl, text)."
+            ) from None
+    if not rows:
+        raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
+    columns = [cfg.text_column] + ([cfg.label_column] if want_labels else [])
+    for column in columns:
+        if column not in rows[0]:
+            key = "data.text_column" if column == cfg.text_column else "data.label_column"
+            raise UserError(
+                f"{path} has no column {column!r} ({key}). Its columns are: "
+                f"{', '.join(map(str, rows[0]))}. Set {key}=<one of them>."
+            )
+    for number, row in enumerate(rows, start=2 if cfg.format != "jsonl" else 1):
+        for column in columns:
+            if row.get(column) is None:
+                raise UserError(
+                    f"{path}, {'line' if cfg.format == 'jsonl' else 'row'} {number}, has no "
+                    f"value for column {column!r}. Fix that line or remove it."
+                )
+    texts = [str(row[cfg.text_column]) for row in rows]
+    labels = [str(row[cfg.label_column]) for row in rows] if want_labels else None
+    return Records(texts, labels)
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
+    """Deterministic train/val/test index lists: the same seed gives the same split anywhere."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
+def _subset(records: Records, idx: list[int]) -> Records:
+    labels = None if records.labels is None else [records.labels[i] for i in idx]
+    return Records([records.texts[i] for i in idx], labels)
+
+
+def load_splits(cfg: DataConfig, seed: int) -> dict[str, Records]:
+    """Train/val/test records: split files where given, the rest split from data.path by seed."""
+    if cfg.synthetic_examples:
+        demo.ensure_file(cfg.path, cfg.synthetic_examples)
+    records = read_records(cfg.path, cfg)
+    val_fraction = 0.0 if cfg.val_path else cfg.val_fraction
+    test_fraction = 0.0 if cfg.test_path else cfg.test_fraction
+    train, val, test = split_indices(len(records.texts), val_fraction, test_fraction, seed)
+    splits = {"train": _subset(records, train), "val": _subset(records, val)}
+    splits["test"] = _subset(records, test)
+    if cfg.val_path:
+        splits["val"] = read_records(cfg.val_path, cfg)
+    if cfg.test_path:
+        splits["test"] = read_records(cfg.test_path, cfg)
+    if not splits["train"].texts:
+        raise UserError(
+            "The training split is empty. Lower data.val_fraction / data.test_fraction or "
+            "use a larger data file."
+        )
+    return splits

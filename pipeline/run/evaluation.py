@@ -1,0 +1,74 @@
+"""A trained model evaluated on a split of a data set (python -m pipeline.evaluate, and the
+benchmarks)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+from pipeline.build.trained import Trained
+from pipeline.config.data import DataConfig
+from pipeline.config.train import TrainConfig
+from pipeline.data.bundle import build_data
+from pipeline.data.loader import TextDataModule
+from pipeline.errors import UserError
+from pipeline.run.module import GPTLightningModule
+from pipeline.run.trainer import check_devices
+
+
+def data_config(cfg: TrainConfig, recorded: dict, overrides: list[str]) -> tuple[DataConfig, int]:
+    """The command line's data settings if it overrides any, else the recorded run's."""
+    if recorded.get("data") and not any(o.lstrip("+~").startswith("data") for o in overrides):
+        return DataConfig.model_validate(recorded["data"]), recorded.get("seed", cfg.seed)
+    return cfg.data, cfg.seed
+
+
+def evaluate(
+    trained: Trained, data: DataConfig, seed: int, split: str, cfg: TrainConfig
+) -> dict[str, float]:
+    """The test loop over `split` of the data: loss, and accuracy and F1 or perplexity."""
+    check_devices(cfg)
+    if trained.tokenizer is None:
+        raise UserError(
+            "The checkpoint has no tokenizer, so its texts cannot be encoded as it was trained. "
+            "Evaluate a run folder or .ckpt of this pipeline, or an export folder with its "
+            "tokenizer files."
+        )
+    if (data.task == "causal_lm") != trained.model.is_lm:
+        raise UserError(
+            f"The checkpoint is a {trained.task} model but data.task={data.task}. "
+            f"Pass data settings for a {trained.task} data set."
+        )
+    bundle = build_data(data, seed, trained.tokenizer, trained.label_names or None)
+    if not bundle.splits[split].ids:
+        raise UserError(f"The {split} split is empty. Choose split=train, val or test.")
+    # Lightning's test loop runs whichever split was asked for.
+    bundle.splits["test"] = bundle.splits[split]
+    batch = cfg.optim.eval_batch_size or cfg.optim.batch_size
+    datamodule = TextDataModule(bundle, batch, batch, seed, data.num_workers)
+    model = trained.model
+    if cfg.sparsity.accelerate:
+        model = _semi_structured(trained)
+    module = GPTLightningModule(model, cfg.optim)
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    return {k.replace("test/", f"{split}/"): round(float(v), 6) for k, v in results.items()}
+
+
+def _semi_structured(trained: Trained):
+    """The model in fp16 on the GPU with its 2:4 layers on sparse tensor cores."""
+    from pipeline.sparsity.accelerate import accelerated
+
+    if not trained.masks:
+        raise UserError(
+            "sparsity.accelerate=true needs a model pruned to 2:4 by this pipeline (its masks "
+            "name the 2:4 layers), and this checkpoint has no sparsity masks. Evaluate a "
+            "checkpoint of a sparsity=nm_2_4 run."
+        )
+    return accelerated(trained.model, [name.removesuffix(".weight") for name in trained.masks])

@@ -1,0 +1,137 @@
+"""The record of a run: its MLflow run (opened, or reopened when a run is resumed) and its
+run.json, kept from the moment the model is built until the run ends, however it ends.
+
+Leaving the `with` block closes both: FINISHED; KILLED by a signal, with where its checkpoint
+is and how to resume; PRUNED by a search; or FAILED with the error. The run folder and the
+MLflow run point at each other (tag `run_dir`, run.json's `run_id`). Every rank of a
+data-parallel run records; rank 0 alone tracks and writes run.json, the others
+run.rank<N>.json.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.build.trained import Trained
+from pipeline.config.train import TrainConfig
+from pipeline.errors import TrialPruned, UserError
+from pipeline.record import RunRecord, Status
+from pipeline.run.faults import StopOnSignal
+from pipeline.run.launch import Launch
+from pipeline.run.resume import Resume
+from pipeline.tracking.client import open_experiment
+from pipeline.tracking.logger import BatchedMLflowLogger
+from pipeline.tracking.provenance import data_digests, redact
+from pipeline.tracking.runs import failure_tags, finish_run, last_step, reopen_run, start_run
+
+
+class Recorder:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        launch: Launch,
+        run_dir: Path,
+        trained: Trained,
+        resume: Resume | None,
+        stop: StopOnSignal,
+    ):
+        self.cfg, self.launch, self.run_dir = cfg, launch, run_dir
+        self.trained, self.resume, self.stop = trained, resume, stop
+        self.tracked, self.logger = None, None
+        self.n_params, self.n_trainable = trained.parameter_counts()
+
+    def __enter__(self) -> Recorder:
+        self.started = time.time()
+        cfg, launch = self.cfg, self.launch
+        if cfg.logger.name == "mlflow" and launch.rank == 0:
+            self.tracked = self._open()
+            # Steps logged before an interruption are not logged a second time.
+            self.logger = BatchedMLflowLogger(self.tracked, skip_through=last_step(self.tracked))
+        self.record = RunRecord(
+            run_id=self.tracked.run_id if self.tracked else None,
+            experiment_name=cfg.logger.experiment_name,
+            experiment_id=self.tracked.experiment_id if self.tracked else None,
+            tracking_uri=redact(self.tracked.tracking_uri) if self.tracked else None,
+            task=self.trained.task,
+            num_parameters=self.n_params,
+            trainable_parameters=self.n_trainable,
+            resumed=self.resume.times if self.resume else 0,
+        )
+        self.record.paths.run_dir = str(self.run_dir)
+        self.record.write(self.run_dir, launch.rank)
+        return self
+
+    def _open(self):
+        record = self.resume.record if self.resume else None
+        if record and record.run_id:
+            return reopen_run(self.launch.tracking_uri, record.run_id)
+        cfg = self.cfg
+        client, experiment_id = open_experiment(
+            self.launch.tracking_uri, cfg.logger.experiment_name, cfg.paths.outputs
+        )
+        return start_run(
+            client,
+            experiment_id,
+            cfg.logger.run_name or self.run_dir.name,
+            self.trained.config,
+            self.run_dir,
+            self.launch.command,
+            self.launch.parent_run_id,
+            data_digests(cfg.data),
+        )
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        record = self.record
+        record.status, record.error = self._outcome(exc)
+        record.duration_s = round(time.time() - self.started, 1)
+        if self.tracked:
+            record.ui_url = self.tracked.ui_url()
+        record.write(self.run_dir, self.launch.rank)
+        if not self.tracked:
+            return
+        try:
+            self.logger.finalize(record.status.value)
+            artifacts = {"": self.run_dir / "run.json"}
+            if exc is None:
+                artifacts.update(self._artifacts())
+            size = {
+                "model.num_parameters": self.n_params,
+                "model.trainable_parameters": self.n_trainable,
+                "model.trainable_fraction": f"{self.n_trainable / self.n_params:.6f}",
+            }
+            tags = failure_tags(record.status, record.error)
+            finish_run(self.tracked, record.status, artifacts, size, tags)
+        except Exception as error:
+            if exc is None:
+                raise
+            # The run's own error is the one to report; the tracking one only follows it.
+            print(f"warning: could not close the MLflow run: {error}", file=sys.stderr)
+
+    def _outcome(self, exc: BaseException | None) -> tuple[Status, str | None]:
+        if exc is None:
+            return Status.FINISHED, None
+        if (stopped := self.stop.interrupted(exc)) is not None:
+            return Status.KILLED, str(stopped)
+        if isinstance(exc, TrialPruned):
+            return Status.PRUNED, str(exc)
+        if isinstance(exc, UserError):
+            return Status.FAILED, str(exc)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            return Status.FAILED, "interrupted before the run finished"
+        return Status.FAILED, f"{type(exc).__name__}: {exc}"
+
+    def _artifacts(self) -> dict[str, Path]:
+        paths = self.record.paths
+        artifacts = {f"export/{fmt}": Path(p) for fmt, p in paths.exports.items()}
+        report = self.run_dir / "sparsity"
+        if report.is_dir():
+            artifacts["sparsity"] = report
+        chosen = {"best": paths.best_checkpoint, "last": paths.last_checkpoint}.get(
+            self.cfg.logger.log_checkpoint
+        )
+        if chosen:
+            artifacts["checkpoints"] = Path(chosen)
+        return artifacts

@@ -1,0 +1,216 @@
+"""The Lightning side of a run: the Trainer with our checkpointing and callbacks, the
+LightningModule and the DataModule, fitted, then tested on the best checkpoint's weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from pipeline import checkpoint
+from pipeline.build.trained import Trained
+from pipeline.config.train import TrainConfig
+from pipeline.data.bundle import DataBundle
+from pipeline.data.loader import TextDataModule
+from pipeline.errors import UserError
+from pipeline.run.faults import (
+    AtomicCheckpointIO,
+    PublishAfterMetrics,
+    StopOnNonFiniteLoss,
+    StopOnSignal,
+)
+from pipeline.run.module import GPTLightningModule
+from pipeline.run.progress import ProgressBar
+from pipeline.run.resume import Resume
+from pipeline.sparsity.callback import for_run
+
+
+class CheckpointExtras(pl.Callback):
+    """Our keys in every checkpoint (see pipeline/checkpoint.py); for LoRA on pretrained
+    weights, only the trainable tensors."""
+
+    def __init__(self, trained: Trained):
+        self.trained = trained
+
+    def on_save_checkpoint(self, trainer, pl_module, ckpt: dict) -> None:
+        ckpt[checkpoint.METADATA_KEY] = self.trained.checkpoint_metadata().to_dict()
+        ckpt[checkpoint.RNG_KEY] = checkpoint.rng_states()
+        if self.trained.base is not None:
+            checkpoint.keep_trainable(ckpt, self.trained.model)
+
+    def on_load_checkpoint(self, trainer, pl_module, ckpt: dict) -> None:
+        if checkpoint.RNG_KEY in ckpt:
+            checkpoint.set_rng_states(ckpt[checkpoint.RNG_KEY])
+
+
+def check_devices(cfg: TrainConfig) -> None:
+    """Refuse a GPU request on a machine without one before any data or run is created."""
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no CUDA "
+            "device. Use trainer=cpu (or trainer.accelerator=auto); python -m pipeline.doctor "
+            "shows what this machine offers."
+        )
+    if cfg.sparsity.accelerate:
+        from pipeline.sparsity.accelerate import check_semi_structured
+
+        check_semi_structured()
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    run_dir: Path,
+    logger: Any,
+    trained: Trained,
+    has_val: bool,
+    extra: list[pl.Callback],
+) -> tuple[pl.Trainer, ModelCheckpoint]:
+    t, c = cfg.trainer, cfg.trainer.checkpoint
+    # A pruning schedule makes earlier, denser checkpoints look best on validation: with
+    # sparsity the run's result is its last checkpoint.
+    monitor = c.monitor if has_val and not cfg.sparsity.enabled else None
+    checkpoint_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="epoch={epoch}-step={step}",
+        auto_insert_metric_name=False,
+        monitor=monitor,
+        mode=c.mode,
+        # Without a monitor Lightning keeps the latest one, or every one (-1).
+        save_top_k=c.save_top_k if monitor or c.save_top_k == -1 else 1,
+        save_last=c.save_last,
+        # Overwrite, never last-v1.ckpt: last.ckpt is the newest state, whoever wrote it.
+        enable_version_counter=False,
+    )
+    io = AtomicCheckpointIO(before_publish=logger.flush if logger is not None else None)
+    # Lightning runs checkpoint callbacks after the others: a NaN loss stops before a save.
+    callbacks: list[pl.Callback] = [
+        best,
+        PublishAfterMetrics(io),
+        CheckpointExtras(trained),
+        StopOnNonFiniteLoss(checkpoint_dir),
+        *extra,
+    ]
+    if c.every_n_train_steps and c.save_last:
+        # A second callback only for last.ckpt: the first one's top-k needs validation metrics.
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=c.every_n_train_steps,
+                enable_version_counter=False,
+            )
+        )
+    if t.enable_progress_bar:
+        callbacks.append(ProgressBar())
+    try:
+        trainer = pl.Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=t.precision,
+            max_epochs=t.max_epochs,
+            max_steps=t.max_steps,
+            accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
+            gradient_clip_val=cfg.optim.gradient_clip_val,
+            val_check_interval=t.val_check_interval,
+            limit_val_batches=None if has_val else 0,
+            num_sanity_val_steps=t.num_sanity_val_steps if has_val else 0,
+            log_every_n_steps=t.log_every_n_steps,
+            deterministic=t.deterministic,
+            enable_progress_bar=t.enable_progress_bar,
+            logger=logger if logger is not None else False,
+            callbacks=callbacks,
+            plugins=[io],
+            default_root_dir=run_dir,
+        )
+    except (MisconfigurationException, ValueError) as exc:
+        raise UserError(
+            f"Lightning refused the trainer settings: {str(exc).rstrip('.')}. Check trainer.strategy, "
+            "trainer.devices and trainer.precision (python -m pipeline.doctor shows what this "
+            "machine supports)."
+        ) from None
+    return trainer, best
+
+
+class Fitting:
+    """Trainer, LightningModule and DataModule of one run, and what fitting them yields."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        trained: Trained,
+        bundle: DataBundle,
+        run_dir: Path,
+        logger: Any,
+        stop: StopOnSignal,
+        callbacks: list[pl.Callback],
+    ):
+        self.trained, self.stop = trained, stop
+        self.has_val = bool(bundle.splits["val"].ids)
+        self.has_test = bool(bundle.splits["test"].ids)
+        model = trained.model
+        self.sparsity = for_run(
+            cfg.sparsity, model, trained.sparse_layers, bundle, cfg.seed, run_dir / "sparsity"
+        )
+        extra = [stop, *([self.sparsity] if self.sparsity else []), *callbacks]
+        self.trainer, self.best = build_trainer(cfg, run_dir, logger, trained, self.has_val, extra)
+        penalty = self.sparsity.pruner.penalty if self.sparsity and cfg.sparsity.l1_lambda else None
+        self.module = GPTLightningModule(model, cfg.optim, penalty)
+        # LoRA checkpoints on pretrained weights hold only what trains (see checkpoint.py).
+        self.module.strict_loading = trained.base is None
+        if cfg.trainer.compile:
+            model.compile()
+        self.datamodule = TextDataModule(
+            bundle,
+            cfg.optim.batch_size,
+            cfg.optim.eval_batch_size or cfg.optim.batch_size,
+            cfg.seed,
+            cfg.data.num_workers,
+        )
+
+    def fit(self, resume: Resume | None) -> dict[str, float]:
+        """Train (from the resumed checkpoint's step), validate at the end if max_steps came
+        first; the metrics at the end of fitting."""
+        ckpt_path = None
+        if resume:
+            self.datamodule.resume_mid_epoch(checkpoint.batches_done(resume.checkpoint))
+            ckpt_path = resume.checkpoint
+        self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        self.stop.agree(self.trainer)
+        if self.stop.signum is not None:
+            # The signal came during the last validation: training is over, the run is not.
+            raise self.stop.error()
+        if self.has_val and not any(k.startswith("val/") for k in self.trainer.callback_metrics):
+            # max_steps ended the run before the first scheduled validation.
+            self.trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
+        return self.metrics()
+
+    def load_best(self) -> str | None:
+        """Load the best checkpoint's weights (testing and export use them, not the last
+        step's); its path, None without one. The sparsity masks are the model's then."""
+        best = self.best.best_model_path or None
+        if best:
+            state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+            self.module.load_state_dict(state["state_dict"], strict=self.module.strict_loading)
+        if self.sparsity:
+            self.trained.masks = self.sparsity.pruner.state() or None
+        return best
+
+    def test(self) -> dict[str, float]:
+        if self.has_test:
+            self.trainer.test(self.module, datamodule=self.datamodule, verbose=False)
+        return self.metrics()
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            k: round(float(v), 6)
+            for k, v in sorted(self.trainer.callback_metrics.items())
+            if k.startswith(("val/", "test/")) or k == "train/loss_epoch"
+        }

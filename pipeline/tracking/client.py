@@ -1,0 +1,108 @@
+"""The MLflow client: writes that survive a busy SQLite store, experiments opened or created,
+and runs looked up by id."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import UserError
+from pipeline.tracking.provenance import redact
+
+
+def _retry_locked(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """SQLite admits one writer at a time. MLflow's busy_timeout covers waiting for the lock,
+    but a transaction that must upgrade a read lock fails at once with 'database is locked'
+    when parallel trials write together; such a write is tried again after a short pause."""
+    for attempt in range(6):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as exc:
+            if "database is locked" not in str(exc) or attempt == 5:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class Client(MlflowClient):
+    """MlflowClient whose writes survive a busy SQLite store (parallel trials)."""
+
+    def create_experiment(self, *args: Any, **kwargs: Any) -> str:
+        return _retry_locked(super().create_experiment, *args, **kwargs)
+
+    def create_run(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().create_run, *args, **kwargs)
+
+    def log_batch(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().log_batch, *args, **kwargs)
+
+    def update_run(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().update_run, *args, **kwargs)
+
+    def set_terminated(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().set_terminated, *args, **kwargs)
+
+    def delete_tag(self, *args: Any, **kwargs: Any) -> Any:
+        return _retry_locked(super().delete_tag, *args, **kwargs)
+
+
+@dataclass
+class TrackedRun:
+    client: Client
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
+        base = redact(self.tracking_uri) if self.tracking_uri.startswith("http") else host
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def open_experiment(uri: str, name: str, outputs: str | Path) -> tuple[Client, str]:
+    """The client and id of experiment `name`, created if it is new. A local store keeps its
+    artifacts under <outputs>/mlartifacts; a server decides for itself."""
+    client = Client(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    location = None
+    if not uri.startswith("http"):
+        location = (Path(outputs).resolve() / "mlartifacts" / name).as_uri()
+    try:
+        return client, client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another process created it between our lookup and our create.
+        return client, client.get_experiment_by_name(name).experiment_id
+
+
+def is_run_id(text: str) -> bool:
+    return re.fullmatch(r"[0-9a-f]{32}", text) is not None
+
+
+def recorded_run(uri: str, run_id: str, option: str):
+    """The MLflow run `run_id` in the store at `uri`; `option` (e.g. 'resume=<id>') names what
+    asked for it in the error."""
+    try:
+        return MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        raise UserError(
+            f"{option}: no such MLflow run in {redact(uri)}. Check the run id, or pass "
+            "logger.tracking_uri=... / paths.outputs=... for the store that recorded it."
+        ) from None
+
+
+def run_dir_of(uri: str, run_id: str) -> Path:
+    """The run folder an MLflow run was trained in (its `run_dir` tag)."""
+    run = recorded_run(uri, run_id, f"resume={run_id}")
+    if "run_dir" not in run.data.tags:
+        raise UserError(
+            f"resume={run_id}: that MLflow run has no run_dir tag (it was not trained by "
+            "pipeline.train). Pass its run folder or .ckpt instead."
+        )
+    return Path(run.data.tags["run_dir"])

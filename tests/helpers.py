@@ -1,0 +1,185 @@
+"""What the tests share: composing configs as the commands do, running the commands
+themselves, interrupting a run at a step, and small pretrained models to start from."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+
+import pipeline.cli.app  # noqa: F401  (registers the ${project_root:} resolver)
+from pipeline.config.paths import CONF_DIR, PROJECT_ROOT
+from pipeline.config.train import TrainConfig
+from pipeline.config.validate import validate
+from pipeline.data.tokenizer import TextTokenizer
+
+# Small enough that an end-to-end run takes seconds on two CPU cores.
+TINY = [
+    "model=gpt-tiny",
+    "data.synthetic_examples=400",
+    "data.tokenizer.vocab_size=600",
+    "optim.batch_size=16",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=2",
+]
+
+
+def compose_config(overrides: list[str], config_name: str = "config", with_hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides, return_hydra_config=with_hydra)
+
+
+def app_config(overrides: list[str], outputs: Path) -> TrainConfig:
+    return validate(compose_config([f"paths.outputs={outputs}", *overrides]))
+
+
+def train_in_process(overrides: list[str], tmp_path: Path) -> dict:
+    """One run (TINY settings, no tracking) in tmp_path/run, without the CLI's start-up cost;
+    returns what run.json records."""
+    cfg = app_config([*TINY, "logger=none", *overrides], tmp_path / "outputs")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    return train_config(cfg, run_dir)
+
+
+def train_config(cfg: TrainConfig, run_dir: Path) -> dict:
+    """pipeline.run.run.train in `run_dir`, tracked where the command would track it;
+    returns what run.json records."""
+    from pipeline.run.launch import Launch
+    from pipeline.run.run import train
+    from pipeline.tracking.uri import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.logger.tracking_uri, None, cfg.paths.outputs)
+    return train(cfg, Launch(run_dir, tracking_uri=uri)).to_dict()
+
+
+# A new MLflow SQLite store costs MLflow 2 to 3 s of schema migrations, in every one of the
+# suite's few dozen command-line runs. They start from a copy of one store MLflow migrated
+# (conftest.store_template fills this in); the in-process tracking tests and the benchmarks
+# still create theirs.
+STORE: dict[str, Path] = {}  # "template", and "root": the suite's temporary folder
+
+
+def seed_store(args: tuple[str, ...] | list[str]) -> None:
+    """Put the template store where a command line's run will track, unless it tracks
+    elsewhere or nowhere, or a store is already there. Only inside the suite's temporary
+    folder, where tests keep their outputs."""
+    if not STORE or any(a.startswith(("logger=", "logger.tracking_uri=")) for a in args):
+        return
+    outputs = [Path(a.split("=", 1)[1]) for a in args if a.startswith("paths.outputs=")]
+    if not outputs or STORE["root"] not in outputs[-1].parents:
+        return
+    store = outputs[-1] / "mlflow.db"
+    try:
+        if not store.exists():
+            store.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(STORE["template"], store)
+    except OSError:
+        pass  # a test of an unwritable outputs folder
+
+
+def cli_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_cli(
+    module: str, *args: str, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    seed_store(args)
+    return subprocess.run(
+        [sys.executable, "-m", f"pipeline.{module}", *args],
+        cwd=PROJECT_ROOT,
+        env={**cli_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def train_until(
+    outputs: Path, pattern: str, *args: str, count: int = 1, timeout: float = 180
+) -> subprocess.Popen:
+    """Start `pipeline.train` and return once `count` files matching `pattern` exist under
+    outputs, with the process still running (so that the caller can interrupt it). The process
+    leads its own process group, as a command started from a terminal does."""
+    seed_store([*args, f"paths.outputs={outputs}"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", *args, f"paths.outputs={outputs}"],  # -m first
+        cwd=PROJECT_ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while len(list(outputs.glob(pattern))) < count:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"training ended or timed out before {pattern} appeared")
+        time.sleep(0.05)
+    time.sleep(0.2)  # let the file's rename settle
+    if proc.poll() is not None:
+        raise AssertionError("training ended before it could be interrupted")
+    return proc
+
+
+def step_of(checkpoint: Path) -> int:
+    import torch
+
+    for _ in range(50):  # the file can be replaced while we read it
+        try:
+            return torch.load(checkpoint, weights_only=True, mmap=True)["global_step"]
+        except (OSError, RuntimeError, EOFError):
+            time.sleep(0.02)
+    raise AssertionError(f"could not read {checkpoint}")
+
+
+def kill_at_step(outputs: Path, step: int, sig: int, *args: str) -> subprocess.Popen:
+    """Start training and send `sig` once its last.ckpt has reached `step`."""
+    proc = train_until(outputs, "runs/*/*/*/checkpoints/last.ckpt", *args)
+    (checkpoint,) = outputs.glob("runs/*/*/*/checkpoints/last.ckpt")
+    deadline = time.monotonic() + 120
+    while step_of(checkpoint) < step:
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the step"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    return proc
+
+
+def randomize(model: Any) -> Any:
+    """Large random weights everywhere (LayerNorms included), so layout mistakes show."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.2)
+    return model.eval()
+
+
+def tiny_llama(directory: Path, tokenizer: TextTokenizer) -> None:
+    """A small random Llama (grouped-query attention) saved as a Hugging Face directory."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=tokenizer.eos_id,
+        bos_token_id=tokenizer.eos_id,
+    )
+    randomize(transformers.LlamaForCausalLM(config)).save_pretrained(directory)
+    tokenizer.save(directory)
