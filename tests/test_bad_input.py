@@ -5,7 +5,7 @@ process to save the start-up time; `test_a_refused_run_in_a_real_process` checks
 itself). Every row must: exit non-zero within seconds, print one paragraph that names the
 problem (no traceback), leave no half-written file, and leave no MLflow run in RUNNING: no run
 at all when the mistake is caught before training, else one FAILED run with the reason as its
-`error` tag. The README's Troubleshooting section lists the same errors.
+`error` tag. docs/troubleshooting.md lists the same errors.
 """
 
 from __future__ import annotations
