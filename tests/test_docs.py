@@ -1,7 +1,8 @@
 """The docs cannot drift from the project: README.md, CONTRIBUTING.md and docs/*.md.
 
-Every relative link reaches a file (and, for `#anchor`, a heading of that page), and every
-command example in a fenced code block composes with Hydra, as `--cfg job` would compose it.
+Every relative link reaches a file (and, for `#anchor`, a heading of that page), every
+command example in a fenced code block composes with Hydra, as `--cfg job` would compose it,
+and docs/config-reference.md is what `make docs` generates from the schema today.
 A block that must not be composed (it shows a mistake on purpose) is preceded by the line
 `<!-- docs-test: skip -->`.
 """
@@ -20,7 +21,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 
-import pipeline.cli  # noqa: F401  (registers the ${project_root:} resolver)
+import pipeline.cli.app  # noqa: F401  (registers the ${project_root:} resolver)
+from pipeline.cli.reference import PAGE, render
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -208,3 +210,11 @@ def test_example_composes(command: str, overrides: list[str]) -> None:
 )
 def test_example_lines_are_read_as_the_shell_would(line: str, expected: tuple | None) -> None:
     assert example_args(line) == expected
+
+
+def test_the_config_reference_is_generated_from_the_schema_of_today() -> None:
+    committed = (ROOT / PAGE).read_text()
+    assert committed == render(), "docs/config-reference.md is stale: run make docs"
+    # Every key of the schema is on the page, with the docstring under its field.
+    assert "| `data.max_length` | int | `64` | > 1 | Tokens per example" in committed
+    assert "| `ckpt` | str | (required) |" in committed

@@ -1,4 +1,5 @@
-"""Data-parallel runs: which process this is, and the one combination that cannot work.
+"""Data-parallel runs: a digest that shows replicas hold the same weights, and the one
+combination that cannot work.
 
 Every rank runs the whole command (Lightning's subprocess launcher re-runs it; torchrun and
 srun start it once per rank), so the run folder, MLflow run, exports and run.json are rank 0's
@@ -40,6 +41,6 @@ def check_multirun(t: TrainerConfig, launcher: str, external_ranks: bool) -> Non
             "Lightning would start each extra rank by re-running this command, which re-launches "
             "the whole sweep in every rank. Give each trial one device (trainer.devices=1; "
             "hydra/launcher=local runs trials side by side), or run the sweep on SLURM with "
-            "hydra/launcher=submitit_slurm and one task per device, where srun starts the ranks "
-            "(see 'Scaling out' in the README)."
+            "hydra/launcher=slurm and one task per device, where srun starts the ranks "
+            "(see docs/scaling-out.md)."
         )
