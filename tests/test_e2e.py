@@ -146,7 +146,7 @@ def test_sweep_has_a_parent_run_a_summary_and_survives_a_failed_trial(tmp_path: 
     assert rows[0].startswith("trial,model.n_heads,optim.lr,status,val/loss") and len(rows) == 5
     # The two trials with 2 heads finished; each has its exact row, the lower loss marked best.
     finished = [row for row in csv.reader(rows[1:]) if row[3] == "FINISHED"]
-    assert [(heads, lr) for _, heads, lr, *_ in finished] == [("2", "1e-3"), ("2", "3e-3")]
+    assert [(heads, lr) for _, heads, lr, *_ in finished] == [("2", "0.001"), ("2", "0.003")]
     best = min(finished, key=lambda row: float(row[4]))
     for row in finished:
         trial, heads, lr, _, value = row[:5]
