@@ -1,0 +1,88 @@
+"""A new model for a training run: the data and tokenizer, the model (pretrained weights
+loaded when model.init_from is set), the layers sparsity targets, and LoRA adapters."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.build.restore import load_pretrained
+from pipeline.build.trained import Trained
+from pipeline.config.model import check_context
+from pipeline.config.train import TrainConfig
+from pipeline.data.bundle import DataBundle, build_data
+from pipeline.data.tokenizer import TextTokenizer, has_tokenizer
+from pipeline.errors import UserError
+from pipeline.model.gpt import GPTConfig, GPTModel
+from pipeline.weights.load import load_into
+
+
+def build_model(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
+    """Data, tokenizer and model, with LoRA adapters when a lora preset is chosen. The layers
+    sparsity targets are resolved first, on the model without adapters."""
+    trained, bundle = _hf(cfg) if cfg.model.arch == "hf" else _gpt(cfg)
+    check_context(cfg.data.max_length, trained.model.context_length, bool(cfg.model.init_from))
+    if cfg.sparsity.active:
+        from pipeline.sparsity.targets import target_layers
+
+        trained.sparse_layers = target_layers(trained.model, cfg.sparsity.target_modules)
+    if cfg.lora.enabled:
+        from pipeline.lora import apply_lora
+
+        trained.model = apply_lora(trained.model, cfg.lora)
+        trained.lora = cfg.lora.model_dump(mode="json")
+        if cfg.model.init_from:
+            trained.base = str(Path(cfg.model.init_from).expanduser().resolve())
+    return trained, bundle
+
+
+def gpt_config(cfg: TrainConfig, bundle: DataBundle, pretrained: GPTConfig | None) -> GPTConfig:
+    """The model's shape: the preset and overrides, or the pretrained model's; the head from
+    the task; the vocabulary from the tokenizer unless given."""
+    m = cfg.model
+    if pretrained is not None:
+        shape = replace(pretrained, drop_rate=m.drop_rate)
+    else:
+        shape = GPTConfig(
+            **m.model_dump(exclude={"name", "arch", "init_from", "vocab_size"}),
+            vocab_size=m.vocab_size or bundle.tokenizer.vocab_size,
+        )
+    if shape.vocab_size < bundle.tokenizer.vocab_size:
+        raise UserError(
+            f"model.vocab_size={shape.vocab_size} is smaller than the tokenizer's vocabulary "
+            f"({bundle.tokenizer.vocab_size} tokens). Set model.vocab_size=null to size it "
+            "from the tokenizer, or lower data.tokenizer.vocab_size."
+        )
+    return replace(shape, n_outputs=bundle.n_outputs)
+
+
+def _gpt(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
+    pretrained = load_pretrained(cfg.model.init_from) if cfg.model.init_from else None
+    tokenizer = pretrained.tokenizer if pretrained else None
+    if cfg.data.tokenizer.path:
+        tokenizer = TextTokenizer.load(cfg.data.tokenizer.path)
+    bundle = build_data(cfg.data, cfg.seed, tokenizer)
+    model = GPTModel(gpt_config(cfg, bundle, pretrained.shape if pretrained else None))
+    if pretrained is not None:
+        # A classifier gets a new head sized from its labels; the pretrained head is dropped.
+        load_into(model, pretrained.state, str(cfg.model.init_from), new_head=not model.is_lm)
+    return Trained(model, bundle.tokenizer, bundle.label_names), bundle
+
+
+def _hf(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
+    """A Hugging Face model directory with its own tokenizer (model=hf)."""
+    from pipeline.model.hf import HFModel
+
+    directory = Path(cfg.model.init_from).expanduser()
+    tokenizer_path = cfg.data.tokenizer.path or (directory if has_tokenizer(directory) else None)
+    if tokenizer_path is None:
+        raise UserError(
+            f"{directory} has no tokenizer (tokenizer.json, or vocab.json + merges.txt), and a "
+            "pretrained model needs the tokenizer it was trained with. Set "
+            "data.tokenizer.path=<its tokenizer>."
+        )
+    bundle = build_data(cfg.data, cfg.seed, TextTokenizer.load(tokenizer_path))
+    model = HFModel.from_pretrained(
+        directory, bundle.n_outputs, bundle.tokenizer.pad_id, bundle.label_names
+    )
+    return Trained(model, bundle.tokenizer, bundle.label_names), bundle
