@@ -32,9 +32,9 @@ def main(cfg: ExportCommandConfig) -> dict[str, Path]:
 
     ckpt = Path(cfg.ckpt)
     out_dir = Path(cfg.export.dir) if cfg.export.dir else default_export_dir(ckpt)
-    written = export_trained(
-        load_trained(ckpt), cfg.export.formats, out_dir, cfg.export.max_shard_bytes
-    )
+    e = cfg.export
+    trained = load_trained(ckpt)
+    written = export_trained(trained, e.formats, out_dir, e.max_shard_bytes, e.gguf.types)
     for fmt, folder in written.items():
         print(f"{fmt:>8}: {folder}")
     return written

@@ -20,7 +20,9 @@ from pipeline.weights.load import load_into
 def build_model(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
     """Data, tokenizer and model, with LoRA adapters when a lora preset is chosen. The layers
     sparsity targets are resolved first, on the model without adapters."""
-    trained, bundle = _hf(cfg) if cfg.model.arch == "hf" else _gpt(cfg)
+    gguf = _gguf(cfg.model.init_from)
+    hf = cfg.model.arch == "hf" or (gguf is not None and gguf.architecture != "gpt2")
+    trained, bundle = _hf(cfg) if hf else _gpt(cfg)
     check_context(cfg.data.max_length, trained.model.context_length, bool(cfg.model.init_from))
     if cfg.sparsity.active:
         from pipeline.sparsity.targets import target_layers
@@ -34,6 +36,21 @@ def build_model(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
         if cfg.model.init_from:
             trained.base = str(Path(cfg.model.init_from).expanduser().resolve())
     return trained, bundle
+
+
+def _gguf(init_from: str | None):
+    """What a GGUF model.init_from holds (None for other layouts), announced at start-up: its
+    architecture picks our GPT or transformers, without model=hf."""
+    if not init_from or Path(init_from).suffix != ".gguf":
+        return None
+    from pipeline.weights.gguf import inspect
+
+    info = inspect(Path(init_from).expanduser())
+    print(
+        f"{info.path.name}: a {info.architecture} GGUF file, tensors {info.describe}; "
+        "dequantized to float32 for training."
+    )
+    return info
 
 
 def gpt_config(cfg: TrainConfig, bundle: DataBundle, pretrained: GPTConfig | None) -> GPTConfig:
@@ -74,15 +91,25 @@ def _hf(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
     from pipeline.model.hf import HFModel
 
     directory = Path(cfg.model.init_from).expanduser()
-    tokenizer_path = cfg.data.tokenizer.path or (directory if has_tokenizer(directory) else None)
-    if tokenizer_path is None:
-        raise UserError(
-            f"{directory} has no tokenizer (tokenizer.json, or vocab.json + merges.txt), and a "
-            "pretrained model needs the tokenizer it was trained with. Set "
-            "data.tokenizer.path=<its tokenizer>."
-        )
-    bundle = build_data(cfg.data, cfg.seed, TextTokenizer.load(tokenizer_path))
+    bundle = build_data(cfg.data, cfg.seed, _pretrained_tokenizer(cfg, directory))
     model = HFModel.from_pretrained(
         directory, bundle.n_outputs, bundle.tokenizer.pad_id, bundle.label_names
     )
     return Trained(model, bundle.tokenizer, bundle.label_names), bundle
+
+
+def _pretrained_tokenizer(cfg: TrainConfig, source: Path) -> TextTokenizer:
+    """data.tokenizer.path, else the pretrained model's own: in its directory or GGUF file."""
+    if cfg.data.tokenizer.path:
+        return TextTokenizer.load(cfg.data.tokenizer.path)
+    if source.suffix == ".gguf":
+        from pipeline.weights.gguf import read_tokenizer
+
+        return read_tokenizer(source)
+    if not has_tokenizer(source):
+        raise UserError(
+            f"{source} has no tokenizer (tokenizer.json, or vocab.json + merges.txt), and a "
+            "pretrained model needs the tokenizer it was trained with. Set "
+            "data.tokenizer.path=<its tokenizer>."
+        )
+    return TextTokenizer.load(source)

@@ -41,6 +41,8 @@ def read(path: str | Path) -> Trained | Pretrained:
         return Pretrained(read_state_dict(where))
     if layout is Layout.HF:
         return from_hf_directory(where)
+    if layout is Layout.GGUF:
+        return from_gguf(where)
     ckpt = checkpoint.read(where)
     if not checkpoint.has_metadata(ckpt):
         return Pretrained(ckpt["state_dict"])
@@ -138,6 +140,20 @@ def _on_base(meta: checkpoint.Metadata, tokenizer: TextTokenizer | None):
     model = GPTModel(GPTConfig(**meta.model["gpt_config"]))
     load_into(model, _gpt_weights(read(base), base).state, base, new_head=not model.is_lm)
     return model
+
+
+def from_gguf(path: Path) -> Trained:
+    """A GGUF file: gpt2 as our GPT, the Llama family through transformers; its tokenizer."""
+    from pipeline.weights.gguf import inspect, read_gpt2, read_tokenizer
+
+    info = inspect(path)
+    tokenizer = read_tokenizer(path)
+    if info.architecture == "gpt2":
+        shape, state = read_gpt2(path)
+        return Trained(build_from_state(shape, state, str(path)), tokenizer)
+    from pipeline.model.hf import HFModel
+
+    return Trained(HFModel.from_pretrained(path, None, tokenizer.pad_id, []), tokenizer)
 
 
 def from_hf_directory(directory: Path) -> Trained:

@@ -1,5 +1,6 @@
 """A trained model written in the layouts other tools read, one module per format:
-hf.py (export/hf/ and export/merged/), adapter.py, onnx.py; `weights` is a plain state_dict.
+hf.py (export/hf/ and export/merged/), adapter.py, onnx.py, gguf.py (with modelfile.py);
+`weights` is a plain state_dict.
 
 Every file is written under a temporary name and renamed, so an interrupted export never leaves
 a file that looks complete.
@@ -27,11 +28,13 @@ def export_trained(
     formats: Iterable[str],
     out_dir: Path,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    gguf_types: Iterable[str] = ("f16",),
 ) -> dict[str, Path]:
     """Write each format under out_dir/<format>/; returns {format: folder}.
 
     With LoRA adapters: `hf` holds the base weights (what the `adapter` applies to), `merged`
-    the weights with LoRA merged in; `weights` and `onnx` are written from the merged model.
+    the weights with LoRA merged in; `weights`, `onnx` and `gguf` are written from the merged
+    model.
     """
     from pipeline.formats.adapter import save_adapter
     from pipeline.formats.hf import save_hf_layout
@@ -70,8 +73,20 @@ def export_trained(
             atomic_write(target / "model.pth", lambda tmp, s=state: torch.save(s, tmp))
         elif fmt == "onnx":
             atomic_write(target / "model.onnx", lambda tmp: export_onnx(merged(), tmp))
+        elif fmt == "gguf":
+            save_gguf_and_modelfile(merged(), trained.tokenizer, target, list(gguf_types))
         written[fmt] = target
     return written
+
+
+def save_gguf_and_modelfile(model: Model, tokenizer, directory: Path, types: list[str]) -> None:
+    """model-<type>.gguf for each type, and a Modelfile for the first."""
+    from pipeline.files import write_text
+    from pipeline.formats.gguf import save_gguf
+    from pipeline.formats.modelfile import modelfile
+
+    (first, *_) = save_gguf(model, tokenizer, directory, types)
+    write_text(directory / "Modelfile", modelfile(first.name, tokenizer, model.context_length))
 
 
 def _merged(model: Model, masks: dict[str, torch.Tensor] | None) -> Model:

@@ -67,11 +67,16 @@ class HFModel(Generates, nn.Module):
         cls, directory: str | Path, n_outputs: int | None, pad_id: int, labels: list[str]
     ) -> HFModel:
         """A causal LM, or a classifier whose new head has `n_outputs` logits (the pretrained
-        LM head is dropped)."""
+        LM head is dropped). `directory` may also be a GGUF file, which transformers reads and
+        dequantizes itself."""
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
+        source = {"pretrained_model_name_or_path": directory}
+        if Path(directory).suffix == ".gguf":
+            source = {"pretrained_model_name_or_path": Path(directory).parent}
+            source["gguf_file"] = Path(directory).name
         try:
-            config = AutoConfig.from_pretrained(directory)
+            config = AutoConfig.from_pretrained(**source)
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(
                 f"{directory} is not a Hugging Face model directory transformers can read "
@@ -80,13 +85,13 @@ class HFModel(Generates, nn.Module):
         config.pad_token_id = pad_id
         if n_outputs is None:
             model = AutoModelForCausalLM.from_pretrained(
-                directory, config=config, dtype=torch.float32
+                **source, config=config, dtype=torch.float32
             )
         else:
             for key, value in classifier_fields(n_outputs, labels).items():
                 setattr(config, key, value)
             model = AutoModelForSequenceClassification.from_pretrained(
-                directory, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
+                **source, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
             )
         return cls(model, n_outputs)
 

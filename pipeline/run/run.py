@@ -79,5 +79,6 @@ def _export(cfg: TrainConfig, trained: Trained, run_dir: Path) -> dict[str, str]
     if cfg.lora.enabled:
         formats += [f for f in ("adapter", "merged") if f not in formats]
     out_dir = Path(cfg.export.dir) if cfg.export.dir else run_dir / "export"
-    written = export_trained(trained, formats, out_dir, cfg.export.max_shard_bytes)
+    e = cfg.export
+    written = export_trained(trained, formats, out_dir, e.max_shard_bytes, e.gguf.types)
     return {fmt: str(path) for fmt, path in written.items()}

@@ -4,6 +4,7 @@ layouts apart.
 - a Lightning checkpoint (.ckpt), or a run folder, which stands for its best checkpoint (from
   run.json), else its last.ckpt;
 - a Hugging Face directory (config.json + weights), or a folder holding export/hf/;
+- a GGUF file (llama.cpp, Ollama): shape, tensors and tokenizer in one file;
 - a bare weights file (.safetensors, .pth, .pt, .bin): tensors without shape or tokenizer.
 """
 
@@ -19,6 +20,7 @@ from pipeline.record import RunRecord
 class Layout(Enum):
     LIGHTNING = "a Lightning checkpoint"
     HF = "a Hugging Face directory"
+    GGUF = "a GGUF file"
     WEIGHTS = "a weights file"
 
 
@@ -40,6 +42,8 @@ def detect(path: str | Path) -> tuple[Layout, Path]:
         return Layout.LIGHTNING, run_checkpoint(path)
     if path.suffix == ".ckpt":
         return Layout.LIGHTNING, path
+    if path.suffix == ".gguf":
+        return Layout.GGUF, path
     return Layout.WEIGHTS, path
 
 
