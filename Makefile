@@ -14,7 +14,7 @@ OUTPUTS := $(CURDIR)/outputs
 STORE := sqlite:///$(OUTPUTS)/mlflow.db
 PORT ?= 5000
 
-.PHONY: install train test sweep search ui server bench lint format docs clean
+.PHONY: install train test sweep search ui server bench lint format docs llama-cpp smollm2 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,30 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline tests benchmarks hydra_plugins
 	$(VENV)/bin/ruff format --check pipeline tests benchmarks hydra_plugins
 	$(VENV)/bin/lint-imports
+
+# llama.cpp's tools (llama-tokenize, llama-simple, llama-perplexity), built from the sources
+# vendored in llama-cpp-python's sdist into a cache outside the clone (no prebuilt wheel runs on
+# glibc 2.36). The GGUF tests run them against our exports; .ci/run builds them first.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/gpt-finetune-pipeline/llama.cpp-$(LLAMA_CPP_VERSION)
+LLAMA_TOOLS := llama-tokenize llama-simple llama-perplexity
+llama-cpp: $(LLAMA_CPP)/bin/llama-perplexity
+
+$(LLAMA_CPP)/bin/llama-perplexity: | $(STAMP)
+	rm -rf $(LLAMA_CPP).tmp && mkdir -p $(LLAMA_CPP).tmp
+	$(PY) -m pip download --quiet --no-deps --no-binary=:all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(LLAMA_CPP).tmp
+	tar xzf $(LLAMA_CPP).tmp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_CPP).tmp
+	cmake -S $(LLAMA_CPP).tmp/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp -B $(LLAMA_CPP).tmp/build \
+		-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > $(LLAMA_CPP).tmp/cmake.log
+	cmake --build $(LLAMA_CPP).tmp/build -j $$(nproc) --target $(LLAMA_TOOLS) > $(LLAMA_CPP).tmp/build.log
+	mkdir -p $(LLAMA_CPP)/bin
+	cp $(addprefix $(LLAMA_CPP).tmp/build/bin/,$(LLAMA_TOOLS)) $(LLAMA_CPP)/bin/
+	rm -rf $(LLAMA_CPP).tmp
+
+# The real SmolLM2-135M-Instruct GGUF into outputs/models/ (python -m pipeline.fetch).
+smollm2: $(STAMP)
+	$(PY) -m pipeline.fetch
 
 # docs/config-reference.md from the schema (tests/test_docs.py fails when it is stale).
 docs: $(STAMP)

@@ -183,3 +183,35 @@ def tiny_llama(directory: Path, tokenizer: TextTokenizer) -> None:
     )
     randomize(transformers.LlamaForCausalLM(config)).save_pretrained(directory)
     tokenizer.save(directory)
+
+
+# llama.cpp's tools, built by `make llama-cpp` into a cache outside the clone (LLAMA_CPP_BIN
+# overrides where they are looked for).
+LLAMA_CPP_BIN = Path(
+    os.environ.get("LLAMA_CPP_BIN")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "gpt-finetune-pipeline"
+    / "llama.cpp-0.3.36"
+    / "bin"
+)
+
+
+def llama_cpp(tool: str) -> Path:
+    """A llama.cpp tool; the test is skipped, saying how to build it, where it is absent."""
+    import pytest
+
+    path = LLAMA_CPP_BIN / tool
+    if not path.is_file():
+        pytest.skip(
+            f"llama.cpp's {tool} is not built: run `make llama-cpp` (about 5 minutes, once; "
+            f"cached in {LLAMA_CPP_BIN.parent}). .ci/run builds it before make test."
+        )
+    return path
+
+
+def llama_run(tool: str, *args: str) -> str:
+    """A llama.cpp tool's standard output (its log on stderr is dropped); bytes that are not
+    UTF-8 (a model may emit part of a character) become U+FFFD, as our tokenizer decodes them."""
+    done = subprocess.run([str(llama_cpp(tool)), *args], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.decode("utf-8", errors="replace")

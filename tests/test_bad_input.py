@@ -63,6 +63,31 @@ def truncated_weights(tmp: Path) -> None:
     (tmp / "cut.safetensors").write_bytes(data[: len(data) // 2])
 
 
+def gguf_file(name: str, cut: bool = False, architecture: str = "gpt2") -> Callable[[Path], None]:
+    """A small GGUF file written with gguf's writer: whole, cut in half, or of another
+    architecture."""
+
+    def setup(tmp: Path) -> None:
+        import logging
+
+        import gguf
+        import numpy as np
+
+        logging.getLogger("gguf").setLevel(logging.WARNING)
+        path = tmp / name
+        writer = gguf.GGUFWriter(path, architecture)
+        writer.add_block_count(1)
+        writer.add_tensor("token_embd.weight", np.zeros((600, 64), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        if cut:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    return setup
+
+
 class _RunsCode:
     """A pickle that would run a shell command when loaded without weights_only."""
 
@@ -101,6 +126,24 @@ CASES: dict[str, Case] = {
     "unknown data format": Case("data.format=parquet", r"'tsv', 'csv', 'jsonl' or 'text'"),
     "unknown export format": Case("export.formats=[hf,tflite]", r"export.formats.1='tflite'"),
     "unknown lora bias": Case("lora=default lora.bias=some", r"'none', 'all' or 'lora_only'"),
+    "gguf export of a classifier": Case(
+        "export.formats=[gguf]", r"export.formats=\['gguf'\].*language models"
+    ),
+    "not a GGUF file": Case(
+        "model.init_from={tmp}/model.gguf",
+        r"not a GGUF file \(it does not start with the GGUF magic",
+        write("model.gguf", b"PK\x03\x04 a zip, not a model" * 100),
+    ),
+    "truncated GGUF file": Case(
+        "model.init_from={tmp}/cut.gguf",
+        r"cut.gguf could not be read as GGUF .*truncated",
+        gguf_file("cut.gguf", cut=True),
+    ),
+    "GGUF of an architecture we cannot train": Case(
+        "model.init_from={tmp}/mamba.gguf",
+        r"holds a 'mamba' model.*reads GGUF files of gpt2 .*llama",
+        gguf_file("mamba.gguf", architecture="mamba"),
+    ),
     # -- config: wrong types ------------------------------------------------------------------
     "wrong type (int)": Case("model.n_layers=two", r"model.n_layers='two'.*valid integer"),
     "wrong type (size)": Case("export.max_shard_size=2TB", r"500MB, 5GB or 2GiB"),

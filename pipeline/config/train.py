@@ -48,6 +48,13 @@ class TrainConfig(Group):
             )
 
     def _check_export(self) -> None:
+        if "gguf" in self.export.formats and self.data.task == "classification":
+            raise fail(
+                "export.formats",
+                self.export.formats,
+                "gguf only for a language model (data.task=causal_lm): llama.cpp and Ollama "
+                "serve language models; export a classifier as hf or onnx",
+            )
         lora_only = sorted({"adapter", "merged"} & set(self.export.formats))
         if lora_only and not self.lora.enabled:
             raise fail(

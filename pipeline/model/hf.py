@@ -93,6 +93,8 @@ class HFModel(Generates, nn.Module):
             model = AutoModelForSequenceClassification.from_pretrained(
                 **source, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
             )
+        if "gguf_file" in source:
+            _dequantized(model)
         return cls(model, n_outputs)
 
     @classmethod
@@ -131,3 +133,12 @@ class HFModel(Generates, nn.Module):
             move_files_into(tmp, directory)
         if tokenizer is not None:
             tokenizer.save(directory)
+
+
+def _dequantized(model: nn.Module) -> None:
+    """transformers reads a GGUF file into float32 weights but still marks the model as
+    GGUF-quantized; it is a plain float model now (to train, checkpoint and save as such)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+        model.config._is_quantized = False

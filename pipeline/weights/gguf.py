@@ -9,6 +9,7 @@ vocabulary, merges and pre-tokenizer name, so that it splits text as llama.cpp d
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -122,10 +123,20 @@ def is_gguf(path: Path) -> bool:
 
 
 def open_gguf(path: str | Path) -> Any:
-    """gguf's reader on `path`; a file that is not GGUF, or is cut short, is a UserError."""
+    """gguf's reader on `path`; a file that is not GGUF, or is cut short, is a UserError.
+    Parsing the metadata takes seconds for a large vocabulary, so a file is parsed once while
+    it stays unchanged."""
+    path = Path(path).resolve()
+    if not is_gguf(path):
+        return _reader(path, 0, 0)  # raises
+    stat = path.stat()
+    return _reader(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _reader(path: Path, mtime: int, size: int) -> Any:
     from gguf import GGUFReader
 
-    path = Path(path)
     if not is_gguf(path):
         raise UserError(
             f"{path} is not a GGUF file (it does not start with the GGUF magic bytes). Pass a "

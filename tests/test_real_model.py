@@ -1,0 +1,95 @@
+"""A real pretrained LLM: SmolLM2-135M-Instruct (Llama architecture, Q4_1 GGUF), fetched once
+by pipeline.fetch into the user cache, read as transformers and llama.cpp read it, fine-tuned
+with LoRA for a few steps, exported as q8_0 and f16, and read back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from pipeline.build.restore import load_trained
+from pipeline.fetch import fetch_smollm2
+from tests.helpers import llama_run, train_in_process
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt-finetune-pipeline"
+PROMPTS = ["The capital of France is", "In 2024, 12345 people visited 3 museums.", "Hi!\n\nBye"]
+CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    return fetch_smollm2(CACHE / "models")
+
+
+@pytest.fixture(scope="module")
+def ours(smollm2):
+    return load_trained(smollm2)
+
+
+def test_smollm2_reads_as_transformers_and_llama_cpp_read_it(smollm2, ours) -> None:
+    transformers.logging.set_verbosity_error()
+    folder, file = smollm2.parent, smollm2.name
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=file, dtype=torch.float32
+    ).eval()
+    for prompt in PROMPTS:
+        ids = ours.tokenizer.encode(prompt)
+        assert ids == tokenizer(prompt)["input_ids"], prompt
+        # llama.cpp splits digits one by one ("smollm" pre-tokenizer); so do we.
+        out = llama_run(
+            "llama-tokenize", "-m", str(smollm2), "-p", prompt, "--ids", "--log-disable"
+        )
+        assert out.strip() == str(ids), prompt
+        with torch.no_grad():
+            assert torch.allclose(
+                ours.model(torch.tensor([ids])), model(torch.tensor([ids])).logits
+            )
+    assert ours.model.hf.config.num_hidden_layers == 30 and ours.tokenizer.eos == "<|im_end|>"
+    answer = ours.model.generate(
+        torch.tensor([ours.tokenizer.encode(CHAT)]), 8, temperature=0, eos_id=ours.tokenizer.eos_id
+    )
+    assert "Paris" in ours.tokenizer.decode(answer[0].tolist())
+
+
+def test_smollm2_fine_tuned_with_lora_exports_gguf_that_reads_back(smollm2, ours, tmp_path):
+    record = train_in_process(
+        [
+            "experiment=lm_demo",
+            "lora=default",
+            f"model.init_from={smollm2}",
+            "data.synthetic_examples=100",
+            "data.max_length=48",
+            "optim.batch_size=4",
+            "trainer.max_epochs=null",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "export.formats=[gguf]",
+            "export.gguf.types=[q8_0,f16]",
+        ],
+        tmp_path,
+    )
+    assert record["status"] == "FINISHED" and record["trainable_parameters"] < 1_000_000
+    folder = Path(record["paths"]["exports"]["gguf"])
+    merged = load_trained(record["paths"]["exports"]["merged"]).model
+    ids = torch.tensor([ours.tokenizer.encode(CHAT)])
+    with torch.no_grad():
+        reference = merged(ids)
+        for kind, tolerance in {"f16": 0.1, "q8_0": 1.5}.items():
+            back = transformers.AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=f"model-{kind}.gguf", dtype=torch.float32
+            ).eval()
+            logits = back(ids).logits
+            assert (logits - reference).abs().max() < tolerance, kind
+            assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9, kind
+    modelfile = (folder / "Modelfile").read_text()
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>assistant" in modelfile
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in modelfile
+    answer = llama_run("llama-simple", "-m", str(folder / "model-f16.gguf"), "-n", "8", CHAT)
+    assert "Paris" in answer
