@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ["throughput", "startup", "lora", "checkpoint", "tracking", "sparsity", "gpu"]
+BENCHMARKS = ["throughput", "startup", "lora", "checkpoint", "tracking", "sparsity", "gguf", "gpu"]
 EXPERIMENT = "benchmarks"
 
 
