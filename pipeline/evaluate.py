@@ -8,6 +8,7 @@ used (same file, same seed, so the same split); the tokenizer and labels always 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.cli.app import hydra_command
@@ -26,10 +27,21 @@ def main(cfg: EvaluateConfig) -> dict[str, float]:
     hydra_cfg = HydraConfig.get()
     data, seed = data_config(cfg, trained.config, list(hydra_cfg.overrides.task))
     metrics = evaluate(trained, data, seed, cfg.split, cfg)
+    folder = Path(hydra_cfg.runtime.output_dir)
+    if data.task == "instruct":
+        from pipeline.data.records import load_splits
+        from pipeline.files import write_text
+        from pipeline.run.answers import answer_all, scores
+
+        conversations = load_splits(data, seed)[cfg.split].conversations
+        rows = answer_all(trained, conversations, cfg.max_new_tokens)
+        metrics |= {f"{cfg.split}/{k}": v for k, v in scores(rows).items()}
+        lines = "".join(json.dumps(row) + "\n" for row in rows)
+        print(f"answers written to {write_text(folder / 'responses.jsonl', lines)}")
     for key, value in metrics.items():
-        print(f"{key:>12}: {value:.4f}")
+        print(f"{key:>16}: {value:.4f}")
     out = write_json(
-        Path(hydra_cfg.runtime.output_dir) / "metrics.json",
+        folder / "metrics.json",
         {"ckpt": str(Path(cfg.ckpt).resolve()), "data": data.path, "metrics": metrics},
     )
     print(f"written to {out}")

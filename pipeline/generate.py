@@ -15,13 +15,19 @@ def main(cfg: GenerateConfig) -> str:
     import torch
 
     from pipeline.build.restore import load_trained
+    from pipeline.data.chat import chat_prompt
     from pipeline.model.heads import label_probabilities
 
     trained = load_trained(cfg.ckpt)
     if trained.tokenizer is None:
         raise UserError(f"{cfg.ckpt} has no tokenizer, so a text prompt cannot be encoded.")
     model, tokenizer = trained.model.eval(), trained.tokenizer
-    ids = tokenizer.encode(cfg.prompt) or [tokenizer.eos_id]
+    chat = tokenizer.chat_template is not None if cfg.chat is None else cfg.chat
+    if chat and model.is_lm:
+        prompt = chat_prompt(tokenizer, [{"role": "user", "content": cfg.prompt}])
+    else:
+        prompt = cfg.prompt
+    ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     input_ids = torch.tensor([ids[-model.context_length :]])
     if not model.is_lm:
         with torch.no_grad():
@@ -41,7 +47,7 @@ def main(cfg: GenerateConfig) -> str:
         eos_id=tokenizer.eos_id,
         generator=generator,
     )
-    text = tokenizer.decode(out[0].tolist())
+    text = tokenizer.decode(out[0].tolist()[len(ids) :] if chat else out[0].tolist())
     print(text)
     return text
 

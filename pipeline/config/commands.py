@@ -22,6 +22,8 @@ class FromCheckpoint(TrainConfig):
 class EvaluateConfig(FromCheckpoint):
     split: Literal["train", "val", "test"] = "test"
     """The split of the data that is evaluated."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """data.task=instruct: the longest answer generated per example."""
 
 
 class GenerateConfig(FromCheckpoint):
@@ -33,6 +35,9 @@ class GenerateConfig(FromCheckpoint):
     """Sampling temperature; 0 is greedy decoding."""
     top_k: int | None = Field(default=None, gt=0)
     """Sample only among the k most likely tokens; null: all."""
+    chat: bool | None = None
+    """Write the prompt as a user turn in the model's chat template (and stop at its end of
+    turn); null: when the model has a chat template (an instruct or chat model)."""
 
 
 class ExportCommandConfig(FromCheckpoint):

@@ -20,13 +20,25 @@ class TokenizerConfig(Group):
     """A pair of tokens is merged only if it occurs at least this often."""
 
 
+class FieldsConfig(Group):
+    """The keys of an instruction record (data.task=instruct)."""
+
+    instruction: str = "instruction"
+    """The task the user gives."""
+    input: str = "input"
+    """Optional context for the task."""
+    output: str = "output"
+    """The answer the model learns to give."""
+
+
 class DataConfig(Group):
     name: str
     """The preset's name (demo, demo_lm, tsv, csv, jsonl, text)."""
-    task: Literal["classification", "causal_lm"]
-    """classification: one label per text; causal_lm: next-token prediction."""
-    format: Literal["tsv", "csv", "jsonl", "text"]
-    """How data.path is read (text: one example a line)."""
+    task: Literal["classification", "causal_lm", "instruct"]
+    """classification: one label per text; causal_lm: next-token prediction; instruct:
+    instruction or chat records, the loss on the assistant's answers."""
+    format: Literal["tsv", "csv", "jsonl", "json", "text"]
+    """How data.path is read (text: one example a line; json: one array of records)."""
     path: str
     """The data file; val/test splits come from it unless val_path/test_path are given."""
     synthetic_examples: int | None = Field(default=None, gt=0)
@@ -35,7 +47,7 @@ class DataConfig(Group):
     """A separate validation file (then val_fraction is not used)."""
     test_path: str | None = None
     """A separate test file (then test_fraction is not used)."""
-    text_column: str
+    text_column: str = "text"
     """The column (or JSON key) holding the text."""
     label_column: str | None = None
     """The column holding the label (classification)."""
@@ -49,9 +61,23 @@ class DataConfig(Group):
     """A text longer than max_length tokens: cut it with a warning, or refuse the data."""
     num_workers: int = Field(default=0, ge=0)
     """DataLoader worker processes."""
+    template: Literal["alpaca", "chatml", "llama3", "tokenizer"] = "chatml"
+    """instruct: how a conversation is written as text: alpaca (the teaching texts' '###
+    Instruction / ### Input / ### Response'), chatml, llama3, or tokenizer (the pretrained
+    model's own chat template)."""
+    train_on: Literal["responses", "all"] = "responses"
+    """instruct: the loss on the assistant turns and their end-of-turn token only, or on every
+    token."""
+    fields: FieldsConfig = FieldsConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
 
     def check(self) -> None:
+        if self.task == "instruct" and self.format not in ("json", "jsonl"):
+            raise fail(
+                "data.format",
+                self.format,
+                "json or jsonl for data.task=instruct (instruction records or conversations)",
+            )
         if self.task == "classification" and not self.label_column:
             raise fail(
                 "data.label_column",

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 
 from pipeline.config.data import DataConfig
+from pipeline.data.conversations import rendered, template_of, tokenize_conversations
 from pipeline.data.records import Records, load_splits
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
@@ -17,6 +18,8 @@ from pipeline.errors import UserError
 class TokenizedSplit:
     ids: list[list[int]]
     labels: list[int] | None = None
+    # instruct: per token, whether the loss covers it (data.train_on).
+    trained: list[list[bool]] | None = None
 
 
 @dataclass
@@ -31,7 +34,7 @@ class DataBundle:
     @property
     def n_outputs(self) -> int | None:
         """Head width: None for a language model, 1 for binary, else the class count."""
-        if self.task == "causal_lm":
+        if self.task != "classification":
             return None
         return 1 if len(self.label_names) == 2 else len(self.label_names)
 
@@ -44,6 +47,13 @@ def tokenize(
 ) -> DataBundle:
     """Token ids truncated to data.max_length; labels mapped to indices of `label_names`
     (taken from the training split, sorted, when not given)."""
+    if cfg.task == "instruct":
+        tokenizer = chat_tokenizer(cfg, tokenizer)
+        out = {}
+        for name, records in splits.items():
+            ids, trained = tokenize_conversations(records.conversations, cfg, tokenizer)
+            out[name] = TokenizedSplit(ids, trained=trained)
+        return DataBundle(cfg.task, tokenizer, out)
     if cfg.task == "classification" and label_names is None:
         label_names = sorted(set(splits["train"].labels or []))
         if len(label_names) < 2:
@@ -108,10 +118,21 @@ def check_lengths(encoded: dict[str, list[list[int]]], cfg: DataConfig, eos: int
     )
 
 
-def build_tokenizer(cfg: DataConfig, train_texts: list[str]) -> TextTokenizer:
+def build_tokenizer(cfg: DataConfig, train: Records) -> TextTokenizer:
     if cfg.tokenizer.path:
         return TextTokenizer.load(cfg.tokenizer.path)
-    return TextTokenizer.train(train_texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+    texts, special = train.texts, ()
+    if cfg.task == "instruct":
+        template = template_of(cfg, None)
+        texts, special = rendered(train.conversations, template), template.special_tokens
+    t = cfg.tokenizer
+    return TextTokenizer.train(texts, t.vocab_size, t.min_frequency, special)
+
+
+def chat_tokenizer(cfg: DataConfig, tokenizer: TextTokenizer) -> TextTokenizer:
+    """The tokenizer with the chat template it is trained with (saved with the model)."""
+    template = template_of(cfg, tokenizer)
+    return tokenizer.with_chat_template(template.jinja, template.end_of_turn)
 
 
 def build_data(
@@ -121,5 +142,5 @@ def build_data(
     label_names: list[str] | None = None,
 ) -> DataBundle:
     splits = load_splits(cfg, seed)
-    tokenizer = tokenizer or build_tokenizer(cfg, splits["train"].texts)
+    tokenizer = tokenizer or build_tokenizer(cfg, splits["train"])
     return tokenize(splits, cfg, tokenizer, label_names)

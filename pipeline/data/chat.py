@@ -8,6 +8,7 @@ without a sandbox and ran the attacker's code (CVE-2024-34359).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import UserError
@@ -39,6 +40,15 @@ def render_chat(
         raise UserError(f"The chat template could not be rendered ({exc}).") from None
 
 
+def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The conversation so far, then the header of the assistant's turn: what the model
+    continues (`tokenizer`: a TextTokenizer with a chat template)."""
+    if not tokenizer.chat_template:
+        raise UserError("This model has no chat template: pass chat=false and a plain prompt.")
+    special = {"eos_token": tokenizer.eos, "bos_token": tokenizer.config.get("bos_token")}
+    return render_chat(tokenizer.chat_template, messages, True, **special)
+
+
 def default_system_prompt(template: str, user_marker: str = "<|user-turn|>") -> str | None:
     """The system prompt a template inserts when a conversation brings none (SmolLM2's
     'You are a helpful AI assistant named SmolLM...'), found by rendering one user turn."""
@@ -59,6 +69,85 @@ def default_system_prompt(template: str, user_marker: str = "<|user-turn|>") -> 
         return None
     prompt = before[len(head) :]
     return prompt[: len(prompt) - len(tail)] if tail and prompt.endswith(tail) else None
+
+
+@dataclass(frozen=True)
+class Template:
+    """A chat format: its Jinja, the special tokens it writes, and the token that ends an
+    assistant turn (trained, so the model learns to stop; generation stops there)."""
+
+    name: str
+    jinja: str
+    end_of_turn: str
+    special_tokens: tuple[str, ...] = ()
+
+
+# The teaching texts' format (Alpaca); a user turn may carry an `input`.
+_ALPACA = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}"
+    "{% if loop.first %}Below is an instruction that describes a task. Write a response that "
+    "appropriately completes the request.\n\n{% endif %}"
+    "### Instruction:\n{{ m['content'] }}\n\n"
+    "{% if m.get('input') %}### Input:\n{{ m['input'] }}\n\n{% endif %}"
+    "### Response:\n"
+    "{% else %}{{ m['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+)
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_LLAMA3 = (
+    "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
+    "<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    "{% endif %}"
+)
+TEMPLATES = {
+    "alpaca": Template("alpaca", _ALPACA, "<|endoftext|>"),
+    "chatml": Template("chatml", _CHATML, "<|im_end|>", ("<|im_start|>", "<|im_end|>")),
+    "llama3": Template(
+        "llama3",
+        _LLAMA3,
+        "<|eot_id|>",
+        ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    ),
+}
+
+
+def segments(
+    template: str, messages: list[dict[str, str]], end_of_turn: str, **special_tokens: Any
+) -> list[tuple[str, bool]]:
+    """The rendered conversation cut into (text, is an assistant turn) pieces that join into
+    the whole rendering. An assistant piece is what rendering its turn adds after the prompt
+    that asks for it (add_generation_prompt), up to and including its end-of-turn token:
+    the content and the token that stops generation, whatever the template; everything else
+    (a newline after the end of turn included) is prompt."""
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt = render_chat(template, messages[:i], True, **special_tokens)
+            pieces.append((prompt[len(done) :], False))
+            done = prompt
+        full = render_chat(template, messages[: i + 1], False, **special_tokens)
+        if not full.startswith(done):
+            raise UserError(
+                "The chat template renders a conversation differently depending on what follows "
+                "(it is not a prefix of itself), so the assistant's tokens cannot be told apart. "
+                "Use data.template=chatml, llama3 or alpaca."
+            )
+        turn = full[len(done) :]
+        if message["role"] != "assistant":
+            pieces.append((turn, False))
+        else:
+            end = turn.find(end_of_turn)
+            end = len(turn) if end < 0 else end + len(end_of_turn)
+            pieces += [(turn[:end], True), (turn[end:], False)]
+        done = full
+    return [(text, trained) for text, trained in pieces if text]
 
 
 def _raise(message: str) -> None:

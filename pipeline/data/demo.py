@@ -104,3 +104,55 @@ def ensure_file(path: str | Path, n_examples: int) -> Path:
     writer.writerow(["label", "text"])
     writer.writerows((label, text) for text, label in generate(n_examples))
     return write_text(path, buffer.getvalue())
+
+
+def instructions(n_examples: int, seed: int = 0) -> list[dict[str, str]]:
+    """`n_examples` instruction records whose answers can be checked exactly: arithmetic,
+    unit conversion, reversing and sorting words, and labelling an SMS of the spam demo."""
+    rng = random.Random(seed)
+    words = [w for w in " ".join(_NAMES + _ITEMS + _PLACES).replace("'", "").split() if w.isalpha()]
+    sms = generate(max(n_examples, 10), seed)
+
+    def arithmetic() -> tuple[str, str, str]:
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        if rng.random() < 0.5:
+            return f"What is {a} plus {b}?", "", str(a + b)
+        return f"What is {max(a, b)} minus {min(a, b)}?", "", str(max(a, b) - min(a, b))
+
+    def convert() -> tuple[str, str, str]:
+        value = rng.randint(1, 40)
+        unit, factor, target = rng.choice([("km", 1000, "m"), ("kg", 1000, "g"), ("h", 60, "min")])
+        return f"Convert {value} {unit} to {target}.", "", f"{value * factor} {target}"
+
+    def reverse() -> tuple[str, str, str]:
+        chosen = rng.sample(words, 3)
+        return "Reverse the order of these words.", " ".join(chosen), " ".join(chosen[::-1])
+
+    def sort() -> tuple[str, str, str]:
+        chosen = rng.sample(words, 3)
+        return "Sort these words alphabetically.", " ".join(chosen), " ".join(sorted(chosen))
+
+    def label() -> tuple[str, str, str]:
+        text, answer = rng.choice(sms)
+        return "Is this message spam or ham?", text, answer
+
+    tasks = [arithmetic, convert, reverse, sort, label]
+    rows = []
+    for _ in range(n_examples):
+        instruction, given, output = rng.choice(tasks)()
+        row = {"instruction": instruction, "output": output}
+        if given:
+            row["input"] = given
+        rows.append(row)
+    return rows
+
+
+def ensure_instruct_file(path: str | Path, n_examples: int) -> Path:
+    """Write the instruction demo (JSONL) at `path` unless it is already there."""
+    import json
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    lines = [json.dumps(row) for row in instructions(n_examples)]
+    return write_text(path, "\n".join(lines) + "\n")

@@ -7,6 +7,8 @@ causal-LM batches carry next-token targets with IGNORE_INDEX wherever there is p
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -22,7 +24,9 @@ class Collator:
     def __init__(self, task: str, pad_id: int, binary: bool):
         self.task, self.pad_id, self.binary = task, pad_id, binary
 
-    def __call__(self, batch: list[tuple[list[int], int | None]]) -> dict:
+    def __call__(self, batch: list[tuple[list[int], Any]]) -> dict:
+        """Each example: its ids, and its label (classification) or which of its tokens are
+        trained (instruct: the assistant's; None: all of them)."""
         lengths = [len(ids) for ids, _ in batch]
         width = max(lengths)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -34,10 +38,13 @@ class Collator:
             # A plain int, counted here on the CPU so the training step never syncs for it.
             "n_tokens": sum(lengths),
         }
-        if self.task == "causal_lm":
+        if self.task != "classification":
             targets = torch.full_like(input_ids, IGNORE_INDEX)
-            for row, n in enumerate(lengths):
+            for row, (n, (_, trained)) in enumerate(zip(lengths, batch, strict=True)):
                 targets[row, : n - 1] = input_ids[row, 1:n]
+                if trained is not None:
+                    keep = torch.tensor(trained[1:n], dtype=torch.bool)
+                    targets[row, : n - 1][~keep] = IGNORE_INDEX
             out["targets"] = targets
         else:
             labels = torch.tensor([label for _, label in batch])
@@ -72,9 +79,10 @@ class _Examples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split.ids)
 
-    def __getitem__(self, i: int) -> tuple[list[int], int | None]:
-        label = None if self.split.labels is None else self.split.labels[i]
-        return self.split.ids[i], label
+    def __getitem__(self, i: int) -> tuple[list[int], Any]:
+        split = self.split
+        extra = split.labels if split.labels is not None else split.trained
+        return split.ids[i], None if extra is None else extra[i]
 
 
 class TextDataModule(pl.LightningDataModule):

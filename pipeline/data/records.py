@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config.data import DataConfig
 from pipeline.data import demo
+from pipeline.data.instruct import Conversation, read_conversations
+from pipeline.data.parsing import parse_jsonl, read_text
 from pipeline.errors import UserError
 
 
@@ -19,40 +20,8 @@ from pipeline.errors import UserError
 class Records:
     texts: list[str]
     labels: list[str] | None
-
-
-def read_text(path: Path) -> str:
-    """The file as UTF-8; anything else is reported with the line where decoding failed."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")  # a byte-order mark is not part of the first column
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"{path}, line {line}, is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
-            f"{exc.start}). Convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8."
-        ) from None
-
-
-def parse_jsonl(path: Path, text: str) -> list[dict]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{path}, line {number}, is not valid JSON ({exc.msg}, column {exc.colno}). "
-                "Each line of a .jsonl file must hold one JSON object; fix or remove that line."
-            ) from None
-        if not isinstance(row, dict):
-            raise UserError(
-                f"{path}, line {number}, holds a JSON {type(row).__name__}, not an object. "
-                'Each line must be an object such as {"text": ..., "label": ...}.'
-            )
-        rows.append(row)
-    return rows
+    # data.task=instruct: the conversations (texts holds their contents, one string each).
+    conversations: list[Conversation] | None = None
 
 
 def read_records(path: str | Path, cfg: DataConfig) -> Records:
@@ -62,6 +31,10 @@ def read_records(path: str | Path, cfg: DataConfig) -> Records:
         raise UserError(f"Data file {path} does not exist. Check data.path.")
     want_labels = cfg.task == "classification"
     text = read_text(path)
+    if cfg.task == "instruct":
+        conversations = read_conversations(path, text, cfg)
+        contents = ["\n".join(t["content"] for t in c) for c in conversations]
+        return Records(contents, None, conversations)
     if cfg.format == "text":
         lines = [line.strip() for line in text.splitlines()]
         if not any(lines):
@@ -109,14 +82,17 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
 
 
 def _subset(records: Records, idx: list[int]) -> Records:
-    labels = None if records.labels is None else [records.labels[i] for i in idx]
-    return Records([records.texts[i] for i in idx], labels)
+    def pick(values: list | None) -> list | None:
+        return None if values is None else [values[i] for i in idx]
+
+    return Records(pick(records.texts), pick(records.labels), pick(records.conversations))
 
 
 def load_splits(cfg: DataConfig, seed: int) -> dict[str, Records]:
     """Train/val/test records: split files where given, the rest split from data.path by seed."""
     if cfg.synthetic_examples:
-        demo.ensure_file(cfg.path, cfg.synthetic_examples)
+        write = demo.ensure_instruct_file if cfg.task == "instruct" else demo.ensure_file
+        write(cfg.path, cfg.synthetic_examples)
     records = read_records(cfg.path, cfg)
     val_fraction = 0.0 if cfg.val_path else cfg.val_fraction
     test_fraction = 0.0 if cfg.test_path else cfg.test_fraction

@@ -80,7 +80,15 @@ class TextTokenizer:
         )
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int) -> TextTokenizer:
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        min_frequency: int,
+        special: Sequence[str] = (),
+    ) -> TextTokenizer:
+        """A byte-level BPE learned from `texts`, with GPT-2's end-of-text and a padding token,
+        and `special` tokens (a chat template's) that are never split."""
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
@@ -88,7 +96,7 @@ class TextTokenizer:
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=[EOS, PAD],
+            special_tokens=[EOS, PAD, *special],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
@@ -132,6 +140,36 @@ class TextTokenizer:
             ) from None
         return cls(tokenizer, eos, pad, files)
 
+    @property
+    def config(self) -> dict:
+        """tokenizer_config.json: the pretrained tokenizer's own, else one for transformers'
+        PreTrainedTokenizerFast with our special tokens."""
+        if "tokenizer_config.json" in self.config_files:
+            return json.loads(self.config_files["tokenizer_config.json"])
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **self._special_map(),
+            "model_max_length": None,
+            "add_prefix_space": False,
+            "clean_up_tokenization_spaces": False,
+        }
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.config.get("chat_template")
+
+    def with_chat_template(self, template: str, end_of_turn: str) -> TextTokenizer:
+        """This tokenizer for a chat model: the template it was trained with, saved with it
+        (exports and generation format prompts as training did), and the end-of-turn token as
+        its end of text, where generation stops."""
+        config = {**self.config, "chat_template": template, "eos_token": end_of_turn}
+        files = {**self.config_files, "tokenizer_config.json": json.dumps(config, indent=2)}
+        return TextTokenizer(self.tokenizer, end_of_turn, self.pad, files)
+
+    def _special_map(self) -> dict[str, str]:
+        eos, pad = self.eos, self.tokenizer.id_to_token(self.pad_id)
+        return {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": pad}
+
     def save(self, directory: str | Path) -> None:
         """tokenizer.json plus the small files transformers' AutoTokenizer reads beside it."""
         directory = Path(directory)
@@ -140,19 +178,8 @@ class TextTokenizer:
             for name, text in self.config_files.items():
                 write_text(directory / name, text)
             return
-        eos, pad = self.eos, self.tokenizer.id_to_token(self.pad_id)
-        special = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": pad}
-        write_json(
-            directory / "tokenizer_config.json",
-            {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                **special,
-                "model_max_length": None,
-                "add_prefix_space": False,
-                "clean_up_tokenization_spaces": False,
-            },
-        )
-        write_json(directory / "special_tokens_map.json", special)
+        write_json(directory / "tokenizer_config.json", self.config)
+        write_json(directory / "special_tokens_map.json", self._special_map())
 
 
 def has_tokenizer(directory: Path) -> bool:

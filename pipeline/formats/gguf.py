@@ -159,7 +159,7 @@ def _vocabulary(tokenizer: TextTokenizer) -> dict[str, Any]:
     spec = json.loads(tokenizer.tokenizer.to_str())
     if spec["model"]["type"] != "BPE":
         raise UserError("GGUF export writes byte-level BPE tokenizers; this one is not BPE.")
-    config = json.loads(tokenizer.config_files.get("tokenizer_config.json", "{}"))
+    config = tokenizer.config
     pre = config.get("gguf_pre_tokenizer") or next(
         (name for name, p in PRE_TOKENIZERS.items() if _same(p, spec["pre_tokenizer"])), None
     )

@@ -4,12 +4,10 @@ Without an explicit TEMPLATE, Ollama guesses one from the file's chat template o
 the bare prompt, and without `PARAMETER stop` for the end-of-turn token a fine-tuned model
 never stops: the most reported problem with fine-tuned models in Ollama. So both are written,
 in Ollama's Go template syntax, for the chat format the model was trained with (ChatML,
-Llama 3), or the plain prompt for a model trained on plain text.
+Llama 3, Alpaca), or the plain prompt for a model trained on plain text.
 """
 
 from __future__ import annotations
-
-import json
 
 from pipeline.data.chat import default_system_prompt
 from pipeline.data.tokenizer import TextTokenizer
@@ -21,6 +19,11 @@ _TEMPLATES = {
         '{{- range .Messages }}{{- if ne .Role "system" }}<|im_start|>{{ .Role }}\n'
         "{{ .Content }}<|im_end|>\n{{ end }}{{- end }}<|im_start|>assistant\n"
     ),
+    "alpaca": (
+        "{{- if .System }}{{ .System }}\n\n{{ end }}{{- range .Messages }}"
+        '{{- if eq .Role "user" }}### Instruction:\n{{ .Content }}\n\n### Response:\n'
+        '{{ else if eq .Role "assistant" }}{{ .Content }}<|endoftext|>\n\n{{ end }}{{- end }}'
+    ),
     "llama3": (
         "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}"
         '<|eot_id|>{{ end }}{{- range .Messages }}{{- if ne .Role "system" }}'
@@ -28,13 +31,14 @@ _TEMPLATES = {
         "{{ end }}{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
     ),
 }
-_END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
+_END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "alpaca": "<|endoftext|>"}
 _MARKERS = {"chatml": "<|im_start|>", "llama3": "<|start_header_id|>"}
+_MARKERS["alpaca"] = "### Instruction:"
 
 
 def chat_format(tokenizer: TextTokenizer) -> str | None:
     """The chat format of the tokenizer's chat template (None: no chat template)."""
-    template = _config(tokenizer).get("chat_template") or ""
+    template = tokenizer.chat_template or ""
     return next((name for name, marker in _MARKERS.items() if marker in template), None)
 
 
@@ -46,7 +50,7 @@ def modelfile(gguf_name: str, tokenizer: TextTokenizer, context_length: int) -> 
     lines = [f"FROM ./{gguf_name}", ""]
     template = _TEMPLATES[fmt] if fmt else "{{ .Prompt }}"
     lines += [f'TEMPLATE """{template}"""', ""]
-    system = default_system_prompt(_config(tokenizer)["chat_template"]) if fmt else None
+    system = default_system_prompt(tokenizer.chat_template) if fmt else None
     if system:
         lines += [f'SYSTEM """{system}"""', ""]
     lines += [f'PARAMETER stop "{stop}"' for stop in stops]
@@ -56,7 +60,3 @@ def modelfile(gguf_name: str, tokenizer: TextTokenizer, context_length: int) -> 
 
 def _known(tokenizer: TextTokenizer, token: str) -> bool:
     return tokenizer.tokenizer.token_to_id(token) is not None
-
-
-def _config(tokenizer: TextTokenizer) -> dict:
-    return json.loads(tokenizer.config_files.get("tokenizer_config.json", "{}"))

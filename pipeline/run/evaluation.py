@@ -33,7 +33,7 @@ def evaluate(
             "Evaluate a run folder or .ckpt of this pipeline, or an export folder with its "
             "tokenizer files."
         )
-    if (data.task == "causal_lm") != trained.model.is_lm:
+    if (data.task == "classification") == trained.model.is_lm:
         raise UserError(
             f"The checkpoint is a {trained.task} model but data.task={data.task}. "
             f"Pass data settings for a {trained.task} data set."

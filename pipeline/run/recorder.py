@@ -55,7 +55,7 @@ class Recorder:
             experiment_name=cfg.logger.experiment_name,
             experiment_id=self.tracked.experiment_id if self.tracked else None,
             tracking_uri=redact(self.tracked.tracking_uri) if self.tracked else None,
-            task=self.trained.task,
+            task=cfg.data.task,
             num_parameters=self.n_params,
             trainable_parameters=self.n_trainable,
             resumed=self.resume.times if self.resume else 0,

@@ -1,0 +1,118 @@
+"""Instruction and chat data (data.task=instruct): records read from JSON or JSONL, in any of
+three spellings, into conversations (lists of {role, content}); each checked, with the file,
+line and reason of the first bad one.
+
+- instruction records, the teaching texts' format: {"instruction", "input" (optional),
+  "output"} (names set by data.fields);
+- conversations: {"messages": [{"role": system|user|assistant, "content"}, ...]};
+- ShareGPT: {"conversations": [{"from": system|human|gpt, "value"}, ...]}.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.config.data import DataConfig
+from pipeline.data.parsing import parse_jsonl
+from pipeline.errors import UserError
+
+Conversation = list[dict[str, str]]
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant"}
+_SHAREGPT_ROLES["assistant"] = "assistant"
+
+
+def read_conversations(path: Path, text: str, cfg: DataConfig) -> list[Conversation]:
+    rows = _rows(path, text, cfg.format)
+    if not rows:
+        raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
+    where = "record" if cfg.format == "json" else "line"
+    return [_conversation(row, cfg, f"{path}, {where} {number}") for number, row in rows]
+
+
+def _rows(path: Path, text: str, fmt: str) -> list[tuple[int, Any]]:
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}). data.format=json "
+                "reads one JSON array of records; use data.format=jsonl for one record a line."
+            ) from None
+        if not isinstance(data, list):
+            raise UserError(f"{path} holds a JSON {type(data).__name__}, not an array of records.")
+        return list(enumerate(data, start=1))
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return list(zip([n for n, _ in numbered], parse_jsonl(path, text), strict=True))
+
+
+def _conversation(row: Any, cfg: DataConfig, where: str) -> Conversation:
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: a record must be a JSON object, not {type(row).__name__}.")
+    fields = cfg.fields
+    if "messages" in row:
+        messages = row["messages"]
+        turns = [_turn(m, "role", "content", {}, where) for m in _list(messages, where)]
+    elif "conversations" in row:
+        turns = [
+            _turn(m, "from", "value", _SHAREGPT_ROLES, where)
+            for m in _list(row["conversations"], where)
+        ]
+    elif fields.instruction in row:
+        if fields.output not in row:
+            raise UserError(f"{where}: the record has no {fields.output!r} (data.fields.output).")
+        user = {"role": "user", "content": _text(row[fields.instruction], where)}
+        if row.get(fields.input):
+            user["input"] = _text(row[fields.input], where)
+        turns = [user, {"role": "assistant", "content": _text(row[fields.output], where)}]
+    else:
+        raise UserError(
+            f"{where}: the record has none of 'messages', 'conversations' or "
+            f"{fields.instruction!r} (data.fields.instruction); its keys are "
+            f"{', '.join(map(str, row)) or 'none'}."
+        )
+    _check_order(turns, where)
+    return turns
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where}: the turns must be a non-empty list.")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{where}: a turn's text must be a string, not {type(value).__name__}.")
+    return value
+
+
+def _turn(
+    message: Any, role_key: str, text_key: str, roles: dict[str, str], where: str
+) -> dict[str, str]:
+    if not isinstance(message, dict) or role_key not in message or text_key not in message:
+        raise UserError(f"{where}: every turn needs {role_key!r} and {text_key!r}.")
+    role = message[role_key]
+    role = roles.get(role, role) if roles else role
+    if role not in ("system", "user", "assistant"):
+        known = ", ".join(roles) if roles else "system, user, assistant"
+        raise UserError(f"{where}: unknown role {message[role_key]!r}; the roles are {known}.")
+    return {"role": role, "content": _text(message[text_key], where)}
+
+
+def _check_order(turns: Conversation, where: str) -> None:
+    """An optional system turn first, then user and assistant turns alternating, ending with
+    a non-empty assistant turn."""
+    roles = [t["role"] for t in turns]
+    body = roles[1:] if roles[0] == "system" else roles
+    expected = ["user", "assistant"] * (len(body) // 2 + 1)
+    if not body or body != expected[: len(body)]:
+        raise UserError(
+            f"{where}: turns out of order ({' -> '.join(roles)}). A conversation is an optional "
+            "system turn, then user and assistant turns alternating."
+        )
+    if roles[-1] != "assistant":
+        raise UserError(f"{where}: the conversation has no assistant turn at its end to learn.")
+    if not all(t["content"].strip() for t in turns if t["role"] == "assistant"):
+        raise UserError(f"{where}: the assistant turn is empty; there is nothing to learn.")
