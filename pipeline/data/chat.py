@@ -89,7 +89,7 @@ _ALPACA = (
     "{% elif m['role'] == 'user' %}"
     "{% if loop.first %}Below is an instruction that describes a task. Write a response that "
     "appropriately completes the request.\n\n{% endif %}"
-    "### Instruction:\n{{ m['content'] }}\n\n"
+    "### Instruction:\n{{ m.get('instruction', m['content']) }}\n\n"
     "{% if m.get('input') %}### Input:\n{{ m['input'] }}\n\n{% endif %}"
     "### Response:\n"
     "{% else %}{{ m['content'] }}{{ eos_token }}\n\n{% endif %}"

@@ -62,9 +62,12 @@ def _conversation(row: Any, cfg: DataConfig, where: str) -> Conversation:
     elif fields.instruction in row:
         if fields.output not in row:
             raise UserError(f"{where}: the record has no {fields.output!r} (data.fields.output).")
-        user = {"role": "user", "content": _text(row[fields.instruction], where)}
+        # The content holds both for any template; alpaca writes them in its own sections.
+        instruction = _text(row[fields.instruction], where)
+        user = {"role": "user", "content": instruction, "instruction": instruction}
         if row.get(fields.input):
             user["input"] = _text(row[fields.input], where)
+            user["content"] = f"{instruction}\n\n{user['input']}"
         turns = [user, {"role": "assistant", "content": _text(row[fields.output], where)}]
     else:
         raise UserError(

@@ -1,0 +1,139 @@
+"""Instruction and chat data: the three record formats and their errors, the templates (the
+`tokenizer` template renders as transformers' apply_chat_template does), and the loss mask:
+exactly the assistant's tokens and their end-of-turn token are trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import transformers
+
+from pipeline.config.data import DataConfig
+from pipeline.data.bundle import build_data
+from pipeline.data.chat import TEMPLATES, render_chat
+from pipeline.data.loader import IGNORE_INDEX, Collator
+from pipeline.data.records import read_records
+from pipeline.data.tokenizer import TextTokenizer
+from pipeline.errors import UserError
+from tests.helpers import train_in_process
+
+CHAT = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is 2 plus 2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3 plus 3?"},
+    {"role": "assistant", "content": "It is 6."},
+]
+
+
+def data_config(path: Path, **overrides) -> DataConfig:
+    fields = {"name": "t", "task": "instruct", "format": "jsonl", "path": str(path)}
+    fields |= {"val_fraction": 0.0, "test_fraction": 0.0, "max_length": 96}
+    fields |= {"tokenizer": {"vocab_size": 300, "min_frequency": 1}}
+    return DataConfig.model_validate({**fields, **overrides})
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_three_record_formats_read_as_the_same_conversation(tmp_path) -> None:
+    instruction = {"instruction": "Add.", "input": "2 and 2", "output": "4"}
+    messages = {"messages": [{"role": "user", "content": "Add.\n\n2 and 2"}]}
+    messages["messages"].append({"role": "assistant", "content": "4"})
+    sharegpt = {"conversations": [{"from": "human", "value": "Add.\n\n2 and 2"}]}
+    sharegpt["conversations"].append({"from": "gpt", "value": "4"})
+    path = write_jsonl(tmp_path / "d.jsonl", [instruction, messages, sharegpt])
+    conversations = read_records(path, data_config(path)).conversations
+    turns = [[(t["role"], t["content"]) for t in c] for c in conversations]
+    assert turns[0] == turns[1] == turns[2] == [("user", "Add.\n\n2 and 2"), ("assistant", "4")]
+    (tmp_path / "d.json").write_text(json.dumps([instruction]))
+    cfg = data_config(tmp_path / "d.json", format="json", fields={"output": "output"})
+    assert read_records(tmp_path / "d.json", cfg).conversations[0][1]["content"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("record", "expect"),
+    [
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "line 2: unknown role 'robot'"),
+        (
+            {"messages": [{"role": "assistant", "content": "hi"}]},
+            "line 2: turns out of order \\(assistant\\)",
+        ),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn at its end"),
+        (
+            {"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": " "}]},
+            "line 2: the assistant turn is empty",
+        ),
+        ({"instruction": "x"}, "line 2: the record has no 'output'"),
+        ({"prompt": "x"}, "none of 'messages', 'conversations' or 'instruction'"),
+    ],
+)
+def test_a_bad_record_is_named_with_its_file_line_and_reason(tmp_path, record, expect) -> None:
+    good = {"instruction": "x", "output": "y"}
+    path = write_jsonl(tmp_path / "d.jsonl", [good, record])
+    with pytest.raises(UserError, match=rf"d.jsonl, {expect}" if "line" in expect else expect):
+        read_records(path, data_config(path))
+
+
+def test_the_tokenizer_template_renders_as_transformers_does(tmp_path) -> None:
+    """A pretrained tokenizer's own chat template (data.template=tokenizer) gives the text
+    transformers' apply_chat_template gives, here with a Llama-3-style template."""
+    texts = ["hello there", "what is two plus two"] * 20
+    tokenizer = TextTokenizer.train(texts, 300, 1, TEMPLATES["llama3"].special_tokens)
+    tokenizer.with_chat_template(TEMPLATES["llama3"].jinja, "<|eot_id|>").save(tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for generation in (False, True):
+        expected = theirs.apply_chat_template(
+            CHAT[:-1] if generation else CHAT, tokenize=False, add_generation_prompt=generation
+        )
+        ours = render_chat(TEMPLATES["llama3"].jinja, CHAT[:-1] if generation else CHAT, generation)
+        assert ours == expected
+
+
+@pytest.mark.parametrize("template", ["alpaca", "chatml", "llama3"])
+def test_exactly_the_assistant_turns_and_their_end_of_turn_are_trained(tmp_path, template):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": CHAT}] * 4)
+    bundle = build_data(data_config(path, template=template), 0)
+    split, tokenizer = bundle.splits["train"], bundle.tokenizer
+    end = TEMPLATES[template].end_of_turn
+    batch = Collator("instruct", tokenizer.pad_id, False)([(split.ids[0], split.trained[0])])
+    targets = batch["targets"][0]
+    trained = [int(t) for t in targets if t != IGNORE_INDEX]
+    text = tokenizer.tokenizer.decode(trained, skip_special_tokens=False)
+    assert text == f"4{end}It is 6.{end}"
+    assert tokenizer.eos == end and tokenizer.chat_template == TEMPLATES[template].jinja
+    every = build_data(data_config(path, template=template, train_on="all"), 0)
+    assert all(all(m) for m in every.splits["train"].trained)
+
+
+def test_a_prompt_that_fills_max_length_is_left_out_or_refused(tmp_path, capsys) -> None:
+    rows = [{"instruction": "word " * 200, "output": "y"}, {"instruction": "x", "output": "y"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    bundle = build_data(data_config(path, max_length=32), 0)
+    assert len(bundle.splits["train"].ids) == 1
+    assert "1 of 2 conversations have a prompt that alone fills" in capsys.readouterr().err
+    with pytest.raises(UserError, match="alone fills data.max_length=32 tokens"):
+        build_data(data_config(path, max_length=32, long_sequences="error"), 0)
+
+
+def test_an_instruct_run_saves_its_template_and_answers_in_it(tmp_path) -> None:
+    record = train_in_process(
+        [
+            "experiment=instruct_demo",
+            "data.synthetic_examples=200",
+            "data.tokenizer.vocab_size=600",
+            "trainer.max_epochs=1",
+            "export.formats=[hf,gguf]",
+        ],
+        tmp_path,
+    )
+    assert record["status"] == "FINISHED" and record["task"] == "instruct"
+    hf = Path(record["paths"]["exports"]["hf"])
+    theirs = transformers.AutoTokenizer.from_pretrained(hf)
+    assert theirs.chat_template == TEMPLATES["chatml"].jinja and theirs.eos_token == "<|im_end|>"
+    modelfile = (Path(record["paths"]["exports"]["gguf"]) / "Modelfile").read_text()
+    assert "<|im_start|>assistant" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
