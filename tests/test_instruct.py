@@ -116,7 +116,7 @@ def test_a_prompt_that_fills_max_length_is_left_out_or_refused(tmp_path, capsys)
     bundle = build_data(data_config(path, max_length=32), 0)
     assert len(bundle.splits["train"].ids) == 1
     assert "1 of 2 conversations have a prompt that alone fills" in capsys.readouterr().err
-    with pytest.raises(UserError, match="alone fills data.max_length=32 tokens"):
+    with pytest.raises(UserError, match=r"alone fills data\.max_length=32 tokens"):
         build_data(data_config(path, max_length=32, long_sequences="error"), 0)
 
 
