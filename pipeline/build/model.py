@@ -35,6 +35,9 @@ def build_model(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
         trained.lora = cfg.lora.model_dump(mode="json")
         if cfg.model.init_from:
             trained.base = str(Path(cfg.model.init_from).expanduser().resolve())
+    # transformers hands models over in eval mode, and Lightning keeps each module's mode:
+    # dropout (LoRA's too) would be off in training.
+    trained.model.train()
     return trained, bundle
 
 
