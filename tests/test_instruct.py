@@ -100,7 +100,8 @@ def test_exactly_the_assistant_turns_and_their_end_of_turn_are_trained(tmp_path,
     bundle = build_data(data_config(path, template=template), 0)
     split, tokenizer = bundle.splits["train"], bundle.tokenizer
     end = TEMPLATES[template].end_of_turn
-    batch = Collator("instruct", tokenizer.pad_id, False)([(split.ids[0], split.trained[0])])
+    example = (split.ids[0], {"trained": split.trained[0]})
+    batch = Collator("instruct", tokenizer.pad_id, False)([example])
     targets = batch["targets"][0]
     trained = [int(t) for t in targets if t != IGNORE_INDEX]
     text = tokenizer.tokenizer.decode(trained, skip_special_tokens=False)

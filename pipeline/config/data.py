@@ -68,6 +68,9 @@ class DataConfig(Group):
     train_on: Literal["responses", "all"] = "responses"
     """instruct: the loss on the assistant turns and their end-of-turn token only, or on every
     token."""
+    packing: bool = False
+    """causal_lm and instruct: several examples in each max_length row, each attending only
+    within itself (positions restart per example), instead of one example padded a row."""
     fields: FieldsConfig = FieldsConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
 
@@ -77,6 +80,11 @@ class DataConfig(Group):
                 "data.format",
                 self.format,
                 "json or jsonl for data.task=instruct (instruction records or conversations)",
+            )
+        if self.packing and self.task == "classification":
+            raise fail(
+                "data.packing", True, "only for data.task=causal_lm or instruct (a classifier "
+                "pools each example's last token)"
             )
         if self.task == "classification" and not self.label_column:
             raise fail(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config.data import DataConfig
 from pipeline.data.conversations import rendered, template_of, tokenize_conversations
+from pipeline.data.packing import pack
 from pipeline.data.records import Records, load_splits
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
@@ -20,6 +21,8 @@ class TokenizedSplit:
     labels: list[int] | None = None
     # instruct: per token, whether the loss covers it (data.train_on).
     trained: list[list[bool]] | None = None
+    # data.packing: per token, its position within its example (restarting at 0).
+    positions: list[list[int]] | None = None
 
 
 @dataclass
@@ -52,7 +55,7 @@ def tokenize(
         out = {}
         for name, records in splits.items():
             ids, trained = tokenize_conversations(records.conversations, cfg, tokenizer)
-            out[name] = TokenizedSplit(ids, trained=trained)
+            out[name] = _packed(ids, trained, cfg)
         return DataBundle(cfg.task, tokenizer, out)
     if cfg.task == "classification" and label_names is None:
         label_names = sorted(set(splits["train"].labels or []))
@@ -72,7 +75,7 @@ def tokenize(
             # The end-of-text token teaches the model where a text stops.
             ids = [[*seq, tokenizer.eos_id][: cfg.max_length] for seq in ids]
             ids = [seq for seq in ids if len(seq) >= 2]
-            out[name] = TokenizedSplit(ids)
+            out[name] = _packed(ids, [[True] * len(seq) for seq in ids], cfg)
             continue
         keep = [i for i, seq in enumerate(ids) if seq]
         unknown = sorted({records.labels[i] for i in keep} - set(label_index))
@@ -86,6 +89,14 @@ def tokenize(
             [label_index[records.labels[i]] for i in keep],
         )
     return DataBundle(cfg.task, tokenizer, out, list(label_names or []))
+
+
+def _packed(ids: list[list[int]], trained: list[list[bool]], cfg: DataConfig) -> TokenizedSplit:
+    """The split as one example a row, or (data.packing) several examples a row."""
+    if not cfg.packing:
+        return TokenizedSplit(ids, trained=None if cfg.task == "causal_lm" else trained)
+    rows, masks, positions = pack(ids, trained, cfg.max_length)
+    return TokenizedSplit(rows, trained=masks, positions=positions)
 
 
 def check_lengths(encoded: dict[str, list[list[int]]], cfg: DataConfig, eos: int | None) -> None:

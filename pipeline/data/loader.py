@@ -25,8 +25,9 @@ class Collator:
         self.task, self.pad_id, self.binary = task, pad_id, binary
 
     def __call__(self, batch: list[tuple[list[int], Any]]) -> dict:
-        """Each example: its ids, and its label (classification) or which of its tokens are
-        trained (instruct: the assistant's; None: all of them)."""
+        """Each example: its ids, and its label (classification) or, for a language model,
+        None or {"trained": which tokens the loss covers, "positions": positions restarting
+        at each example of a packed row}."""
         lengths = [len(ids) for ids, _ in batch]
         width = max(lengths)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -40,12 +41,20 @@ class Collator:
         }
         if self.task != "classification":
             targets = torch.full_like(input_ids, IGNORE_INDEX)
-            for row, (n, (_, trained)) in enumerate(zip(lengths, batch, strict=True)):
-                targets[row, : n - 1] = input_ids[row, 1:n]
-                if trained is not None:
-                    keep = torch.tensor(trained[1:n], dtype=torch.bool)
-                    targets[row, : n - 1][~keep] = IGNORE_INDEX
+            positions = torch.zeros_like(input_ids)
+            for row, (n, (_, extra)) in enumerate(zip(lengths, batch, strict=True)):
+                extra = extra or {}
+                keep = torch.ones(n - 1, dtype=torch.bool)
+                if extra.get("trained") is not None:
+                    keep &= torch.tensor(extra["trained"][1:n], dtype=torch.bool)
+                if extra.get("positions") is not None:
+                    # No target crosses into the next example of a packed row.
+                    positions[row, :n] = torch.tensor(extra["positions"], dtype=torch.long)
+                    keep &= positions[row, 1:n] != 0
+                targets[row, : n - 1] = torch.where(keep, input_ids[row, 1:n], IGNORE_INDEX)
             out["targets"] = targets
+            if any(extra and extra.get("positions") is not None for _, extra in batch):
+                out["position_ids"] = positions
         else:
             labels = torch.tensor([label for _, label in batch])
             out["labels"] = labels.float() if self.binary else labels.long()
@@ -81,8 +90,12 @@ class _Examples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[int], Any]:
         split = self.split
-        extra = split.labels if split.labels is not None else split.trained
-        return split.ids[i], None if extra is None else extra[i]
+        if split.labels is not None:
+            return split.ids[i], split.labels[i]
+        return split.ids[i], {
+            "trained": None if split.trained is None else split.trained[i],
+            "positions": None if split.positions is None else split.positions[i],
+        }
 
 
 class TextDataModule(pl.LightningDataModule):

@@ -38,10 +38,14 @@ class Model(Protocol):
         """The model with `root` (adapters added, merged or removed) in place of peft_root."""
 
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """LM: (batch, tokens, vocab) logits. Classifier: what `pooled` turns into
-        (batch, n_outputs)."""
+        (batch, n_outputs). Position ids that restart at 0 mark packed examples, each
+        attending only within itself."""
 
     def pooled(self, logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """A classifier's logits per example, at each sequence's last real token."""

@@ -58,7 +58,9 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d, d)
         self.dropout = cfg.drop_rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask`: (batch, 1, tokens, tokens), True where a query may attend (packed rows:
+        causal within each example); None: plain causal attention."""
         b, t, d = x.shape
 
         def heads(proj: nn.Linear) -> torch.Tensor:
@@ -68,8 +70,9 @@ class MultiHeadAttention(nn.Module):
             heads(self.W_query),
             heads(self.W_key),
             heads(self.W_value),
+            attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=True,
+            is_causal=mask is None,
         )
         return self.out_proj(context.transpose(1, 2).reshape(b, t, d))
 
@@ -95,8 +98,8 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), mask))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -161,26 +164,47 @@ class GPTModel(Generates, nn.Module):
     def tied(self) -> bool:
         return self.out_head.weight is self.tok_emb.weight
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t = input_ids.shape[1]
         if t > self.cfg.context_length:
             raise ValueError(
                 f"sequence of {t} tokens is longer than the context length "
                 f"{self.cfg.context_length}"
             )
-        pos = torch.arange(t, device=input_ids.device)
-        x = self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(pos))
+        mask = None
+        if position_ids is None:
+            position_ids = torch.arange(t, device=input_ids.device)
+        else:
+            mask = packed_mask(position_ids)
+        x = self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(position_ids))
         for block in self.trf_blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.final_norm(x)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every position: (batch, tokens, head_size). Padding is on the right and
-        attention is causal, so real tokens never see it: `attention_mask` is not needed."""
-        return self.out_head(self.hidden_states(input_ids))
+        attention is causal, so real tokens never see it: `attention_mask` is not needed.
+        `position_ids` that restart at 0 mark packed examples, which attend only within
+        themselves."""
+        return self.out_head(self.hidden_states(input_ids, position_ids))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         # parameters() yields a tied tensor once, so the count is not doubled.
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def packed_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, tokens, tokens): causal attention confined to each example of a packed row,
+    an example starting wherever its position restarts at 0."""
+    segment = (position_ids == 0).cumsum(-1)
+    t = position_ids.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()
+    same = segment.unsqueeze(-1) == segment.unsqueeze(-2)
+    return (same & causal).unsqueeze(1)

@@ -142,11 +142,21 @@ class HFModel(Generates, nn.Module):
         }
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Causal LM: (batch, tokens, vocab). Classifier: (batch, n_outputs), pooled by
-        transformers at the last token that is not padding."""
-        return self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        transformers at the last token that is not padding. `position_ids` that restart at 0
+        mark packed examples: transformers then confines attention to each (without an
+        attention_mask), as our GPT does."""
+        return self.hf(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).logits
 
     def save(self, directory: Path, tokenizer, max_shard_bytes: int) -> None:
         """save_pretrained into a temporary folder, then each file renamed into place."""

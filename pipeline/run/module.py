@@ -139,7 +139,7 @@ class GPTLightningModule(pl.LightningModule):
         return MetricCollection(metrics)
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = self.model(batch["input_ids"])
+        logits = self.model(batch["input_ids"], position_ids=batch.get("position_ids"))
         if self.is_lm:
             return lm_loss(logits, batch["targets"]), None
         pooled = self.model.pooled(logits, batch["lengths"])
