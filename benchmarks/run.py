@@ -23,7 +23,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ["throughput", "startup", "lora", "checkpoint", "tracking", "sparsity", "gguf", "gpu"]
+BENCHMARKS = [
+    "throughput",
+    "startup",
+    "lora",
+    "checkpoint",
+    "tracking",
+    "sparsity",
+    "gguf",
+    "packing",
+    "gpu",
+]
 EXPERIMENT = "benchmarks"
 
 
