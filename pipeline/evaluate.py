@@ -17,6 +17,10 @@ from pipeline.config.commands import EvaluateConfig
 
 @hydra_command("evaluate")
 def main(cfg: EvaluateConfig) -> dict[str, float]:
+    if cfg.judge.url:
+        from pipeline.run.judge import check_judge
+
+        check_judge(cfg.judge.url)  # before torch loads and minutes of generating
     from hydra.core.hydra_config import HydraConfig
 
     from pipeline.build.restore import load_trained
@@ -36,6 +40,11 @@ def main(cfg: EvaluateConfig) -> dict[str, float]:
         conversations = load_splits(data, seed)[cfg.split].conversations
         rows = answer_all(trained, conversations, cfg.max_new_tokens)
         metrics |= {f"{cfg.split}/{k}": v for k, v in scores(rows).items()}
+        if cfg.judge.url:
+            from pipeline.run.judge import judge_all
+
+            judged = judge_all(rows, cfg.judge.url, cfg.judge.model, cfg.judge.timeout_s)
+            metrics |= {f"{cfg.split}/{k}": v for k, v in judged.items()}
         lines = "".join(json.dumps(row) + "\n" for row in rows)
         print(f"answers written to {write_text(folder / 'responses.jsonl', lines)}")
     for key, value in metrics.items():

@@ -17,7 +17,7 @@ from pipeline.data.loader import IGNORE_INDEX, Collator
 from pipeline.data.records import read_records
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
-from tests.helpers import train_in_process
+from tests.helpers import run_cli, train_in_process
 
 CHAT = [
     {"role": "system", "content": "Answer briefly."},
@@ -138,3 +138,17 @@ def test_an_instruct_run_saves_its_template_and_answers_in_it(tmp_path) -> None:
     assert theirs.chat_template == TEMPLATES["chatml"].jinja and theirs.eos_token == "<|im_end|>"
     modelfile = (Path(record["paths"]["exports"]["gguf"]) / "Modelfile").read_text()
     assert "<|im_start|>assistant" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+def test_an_unreachable_judge_fails_fast_before_any_work() -> None:
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the probe is
+    started = time.monotonic()
+    done = run_cli("evaluate", "ckpt=/nowhere", f"judge.url=http://127.0.0.1:{port}/v1")
+    assert done.returncode == 2 and time.monotonic() - started < 15
+    assert done.stderr.startswith(f"error: The judge at http://127.0.0.1:{port}/v1 does not answer")
+    assert "Traceback" not in done.stderr

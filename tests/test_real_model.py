@@ -93,3 +93,48 @@ def test_smollm2_fine_tuned_with_lora_exports_gguf_that_reads_back(smollm2, ours
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in modelfile
     answer = llama_run("llama-simple", "-m", str(folder / "model-f16.gguf"), "-n", "8", CHAT)
     assert "Paris" in answer
+
+
+def test_a_judge_served_over_http_scores_the_answers(ours, tmp_path) -> None:
+    """A real OpenAI-compatible server on 127.0.0.1 (transformers serve, SmolLM2 as the
+    judge) scores each answer; the scores are numbers from 0 to 100."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from pipeline.formats import export_trained
+    from pipeline.run.judge import judge_all
+
+    folder = export_trained(ours, ["hf"], tmp_path)["hf"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve = Path(sys.executable).parent / "transformers"
+    server = subprocess.Popen(
+        [str(serve), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(0.5)
+        rows = [
+            {"prompt": "What is the capital of France?", "reference": "Paris", "answer": a}
+            for a in ("Paris", "The capital of France is Paris.", "Berlin")
+        ]
+        result = judge_all(rows, url, str(folder), timeout=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert result["judge_scored"] >= 1
+    assert all(r["judge_score"] is None or 0 <= r["judge_score"] <= 100 for r in rows)
+    assert 0 <= result["judge_score"] <= 100

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from pipeline.config.base import Group
 from pipeline.config.train import TrainConfig
 
 
@@ -19,11 +20,22 @@ class FromCheckpoint(TrainConfig):
         pass
 
 
+class JudgeConfig(Group):
+    url: str | None = None
+    """An OpenAI-compatible endpoint that scores instruct answers 0-100 (Ollama:
+    http://127.0.0.1:11434/v1); null: no judge."""
+    model: str = "llama3"
+    """The judge model's name at that endpoint."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Seconds to wait for one score."""
+
+
 class EvaluateConfig(FromCheckpoint):
     split: Literal["train", "val", "test"] = "test"
     """The split of the data that is evaluated."""
     max_new_tokens: int = Field(default=64, ge=1)
     """data.task=instruct: the longest answer generated per example."""
+    judge: JudgeConfig = JudgeConfig()
 
 
 class GenerateConfig(FromCheckpoint):

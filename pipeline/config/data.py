@@ -83,8 +83,10 @@ class DataConfig(Group):
             )
         if self.packing and self.task == "classification":
             raise fail(
-                "data.packing", True, "only for data.task=causal_lm or instruct (a classifier "
-                "pools each example's last token)"
+                "data.packing",
+                True,
+                "only for data.task=causal_lm or instruct (a classifier "
+                "pools each example's last token)",
             )
         if self.task == "classification" and not self.label_column:
             raise fail(
