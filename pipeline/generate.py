@@ -22,11 +22,9 @@ def main(cfg: GenerateConfig) -> str:
     if trained.tokenizer is None:
         raise UserError(f"{cfg.ckpt} has no tokenizer, so a text prompt cannot be encoded.")
     model, tokenizer = trained.model.eval(), trained.tokenizer
-    chat = tokenizer.chat_template is not None if cfg.chat is None else cfg.chat
-    if chat and model.is_lm:
-        prompt = chat_prompt(tokenizer, [{"role": "user", "content": cfg.prompt}])
-    else:
-        prompt = cfg.prompt
+    has_template = tokenizer.chat_template is not None
+    chat = bool(cfg.messages) or (has_template if cfg.chat is None else cfg.chat)
+    prompt = chat_prompt(tokenizer, _messages(cfg)) if chat and model.is_lm else cfg.prompt
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     input_ids = torch.tensor([ids[-model.context_length :]])
     if not model.is_lm:
@@ -50,6 +48,23 @@ def main(cfg: GenerateConfig) -> str:
     text = tokenizer.decode(out[0].tolist()[len(ids) :] if chat else out[0].tolist())
     print(text)
     return text
+
+
+def _messages(cfg: GenerateConfig) -> list[dict[str, str]]:
+    """The conversation to answer: messages= (checked as training data is), else prompt=."""
+    if not cfg.messages:
+        return [{"role": "user", "content": cfg.prompt}]
+    import json
+    from pathlib import Path
+
+    from pipeline.data.instruct import check_turns
+
+    path = Path(cfg.messages).expanduser()
+    try:
+        turns = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"messages={path} could not be read as JSON ({exc}).") from None
+    return check_turns(turns, f"messages={path}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ class GenerateConfig(FromCheckpoint):
     """Sampling temperature; 0 is greedy decoding."""
     top_k: int | None = Field(default=None, gt=0)
     """Sample only among the k most likely tokens; null: all."""
+    messages: str | None = None
+    """A JSON file of a conversation so far ([{role, content}, ...]) that the model answers in
+    its chat template, instead of prompt."""
     chat: bool | None = None
     """Write the prompt as a user turn in the model's chat template (and stop at its end of
     turn); null: when the model has a chat template (an instruct or chat model)."""

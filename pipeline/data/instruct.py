@@ -104,9 +104,27 @@ def _turn(
     return {"role": role, "content": _text(message[text_key], where)}
 
 
+def check_turns(value: Any, where: str) -> Conversation:
+    """A conversation to be answered (generate's messages=): turns as training reads them,
+    ending with the user's."""
+    turns = [_turn(m, "role", "content", {}, where) for m in _list(value, where)]
+    _check_alternation(turns, where)
+    if turns[-1]["role"] != "user":
+        raise UserError(f"{where}: the conversation must end with a user turn to answer.")
+    return turns
+
+
 def _check_order(turns: Conversation, where: str) -> None:
     """An optional system turn first, then user and assistant turns alternating, ending with
     a non-empty assistant turn."""
+    _check_alternation(turns, where)
+    if turns[-1]["role"] != "assistant":
+        raise UserError(f"{where}: the conversation has no assistant turn at its end to learn.")
+    if not all(t["content"].strip() for t in turns if t["role"] == "assistant"):
+        raise UserError(f"{where}: the assistant turn is empty; there is nothing to learn.")
+
+
+def _check_alternation(turns: Conversation, where: str) -> None:
     roles = [t["role"] for t in turns]
     body = roles[1:] if roles[0] == "system" else roles
     expected = ["user", "assistant"] * (len(body) // 2 + 1)
@@ -115,7 +133,3 @@ def _check_order(turns: Conversation, where: str) -> None:
             f"{where}: turns out of order ({' -> '.join(roles)}). A conversation is an optional "
             "system turn, then user and assistant turns alternating."
         )
-    if roles[-1] != "assistant":
-        raise UserError(f"{where}: the conversation has no assistant turn at its end to learn.")
-    if not all(t["content"].strip() for t in turns if t["role"] == "assistant"):
-        raise UserError(f"{where}: the assistant turn is empty; there is nothing to learn.")
