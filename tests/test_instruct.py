@@ -138,6 +138,20 @@ def test_an_instruct_run_saves_its_template_and_answers_in_it(tmp_path) -> None:
     assert theirs.chat_template == TEMPLATES["chatml"].jinja and theirs.eos_token == "<|im_end|>"
     modelfile = (Path(record["paths"]["exports"]["gguf"]) / "Modelfile").read_text()
     assert "<|im_start|>assistant" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    done = run_cli(
+        "evaluate",
+        f"ckpt={record['paths']['run_dir']}",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        "max_new_tokens=8",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (folder,) = (tmp_path / "outputs" / "evaluate").glob("*/*")
+    rows = [json.loads(line) for line in (folder / "responses.jsonl").read_text().splitlines()]
+    metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
+    assert len(rows) == 20 and set(rows[0]) == {"prompt", "reference", "answer"}
+    exact = sum(r["answer"].strip() == r["reference"].strip() for r in rows) / len(rows)
+    assert metrics["test/exact_match"] == pytest.approx(exact)
+    assert {"test/loss", "test/ppl", "test/token_f1"} <= set(metrics)
 
 
 def test_an_unreachable_judge_fails_fast_before_any_work() -> None:
@@ -152,3 +166,41 @@ def test_an_unreachable_judge_fails_fast_before_any_work() -> None:
     assert done.returncode == 2 and time.monotonic() - started < 15
     assert done.stderr.startswith(f"error: The judge at http://127.0.0.1:{port}/v1 does not answer")
     assert "Traceback" not in done.stderr
+
+
+def test_gradient_accumulation_keeps_the_loss_a_mean_over_trained_tokens(tmp_path) -> None:
+    """One optimizer step over the same 8 conversations (answers of different lengths) gives
+    the same weights as one batch of 8, two of 4 or four of 2: the loss is the mean over all
+    their trained tokens, not a mean of the micro-batches' means."""
+    import torch
+
+    from pipeline import checkpoint
+
+    weights = {}
+    for batch, accumulate in ((8, 1), (4, 2), (2, 4)):
+        record = train_in_process(
+            [
+                "experiment=instruct_demo",
+                "data.synthetic_examples=64",
+                "data.tokenizer.vocab_size=400",
+                "trainer.max_epochs=null",
+                "trainer.max_steps=1",
+                f"optim.batch_size={batch}",
+                f"optim.accumulate_grad_batches={accumulate}",
+                "optim=sgd",  # the step is linear in the gradient (Adam's is nearly its sign)
+                "optim.lr=1.0",
+                "optim.warmup_steps=0",
+                "export.formats=[]",
+            ],
+            _fresh(tmp_path / f"{batch}x{accumulate}"),
+        )
+        state = checkpoint.model_state(checkpoint.read(record["paths"]["last_checkpoint"]))
+        weights[batch] = state
+    for name, tensor in weights[8].items():
+        assert torch.allclose(weights[4][name], tensor, atol=1e-6), name
+        assert torch.allclose(weights[2][name], tensor, atol=1e-6), name
+
+
+def _fresh(folder: Path) -> Path:
+    folder.mkdir()
+    return folder

@@ -53,6 +53,7 @@ class Collator:
                     keep &= positions[row, 1:n] != 0
                 targets[row, : n - 1] = torch.where(keep, input_ids[row, 1:n], IGNORE_INDEX)
             out["targets"] = targets
+            out["n_trained"] = int((targets != IGNORE_INDEX).sum())
             if any(extra and extra.get("positions") is not None for _, extra in batch):
                 out["position_ids"] = positions
         else:

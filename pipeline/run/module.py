@@ -32,12 +32,14 @@ def classification_loss(pooled: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(pooled, labels)
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over real tokens; padded positions hold IGNORE_INDEX."""
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over the trained tokens (mean, or sum); padded and untrained
+    positions hold IGNORE_INDEX."""
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
+        reduction=reduction,
     )
 
 
@@ -126,6 +128,14 @@ class GPTLightningModule(pl.LightningModule):
             self.train_means["acc"] = MeanMetric(nan_strategy="disable")
         self._window_tokens = 0
         self._window_start = time.perf_counter()
+        # A language model's loss is the mean over the trained tokens of everything one
+        # optimizer step sees, however many micro-batches gradient accumulation splits it into
+        # (a mean of per-batch means weights short answers wrongly). Each micro-batch returns
+        # its loss sum over `tokens_per_batch` (a typical count: the run sets it from the data,
+        # so gradients keep a mean's scale), and the gradients are corrected to the exact
+        # token mean before the step (on_before_optimizer_step).
+        self.tokens_per_batch = 1.0
+        self._trained_since_step = 0
 
     def _make_metrics(self, n_classes: int) -> MetricCollection:
         metrics: dict[str, nn.Module] = {"loss": MeanMetric()}
@@ -149,6 +159,8 @@ class GPTLightningModule(pl.LightningModule):
         return (pooled.squeeze(-1) > 0).long() if self.binary else pooled.argmax(-1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.is_lm:
+            return self._lm_training_step(batch)
         loss, pooled = self._step(batch)
         size = batch["input_ids"].shape[0]
         self.train_means["loss"](loss.detach(), size)
@@ -164,6 +176,32 @@ class GPTLightningModule(pl.LightningModule):
             self.log("train/l1_penalty", penalty, on_step=True, batch_size=size)
             loss = loss + penalty
         return loss
+
+    def _lm_training_step(self, batch: dict) -> torch.Tensor:
+        logits = self.model(batch["input_ids"], position_ids=batch.get("position_ids"))
+        total = lm_loss(logits, batch["targets"], reduction="sum")
+        n = batch["n_trained"]  # counted by the collator on the CPU: no device sync
+        self._trained_since_step += n
+        size = batch["input_ids"].shape[0]
+        self.train_means["loss"](total.detach() / max(n, 1), size)
+        self.log("train/loss", self.train_means["loss"], on_step=True, on_epoch=True)
+        self._window_tokens += batch["n_tokens"]
+        if self.penalty is not None:
+            penalty = self.penalty()
+            self.log("train/l1_penalty", penalty, on_step=True, batch_size=size)
+            # n times: the step's tokens add up to once after the correction below.
+            total = total + n * penalty
+        return total / self.tokens_per_batch
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Lightning divided each micro-batch's loss by accumulate_grad_batches; turn the sum
+        into the mean over the trained tokens of all of them."""
+        if not self.is_lm:
+            return
+        trained, self._trained_since_step = self._trained_since_step, 0
+        scale = self.trainer.accumulate_grad_batches * self.tokens_per_batch / max(trained, 1)
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch._foreach_mul_(grads, scale)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TRAIN_MEANS_KEY] = {

@@ -139,6 +139,17 @@ def build_trainer(
     return trainer, best
 
 
+def _tokens_per_batch(bundle: DataBundle, batch_size: int) -> float:
+    """The trained tokens of an average training batch (the scale of a language model's
+    micro-batch loss, see module.py)."""
+    split = bundle.splits["train"]
+    if split.trained is not None:
+        trained = sum(sum(mask[1:]) for mask in split.trained)
+    else:
+        trained = sum(len(ids) - 1 for ids in split.ids)
+    return max(1.0, trained / max(1, -(-len(split.ids) // batch_size)))
+
+
 class Fitting:
     """Trainer, LightningModule and DataModule of one run, and what fitting them yields."""
 
@@ -163,6 +174,7 @@ class Fitting:
         self.trainer, self.best = build_trainer(cfg, run_dir, logger, trained, self.has_val, extra)
         penalty = self.sparsity.pruner.penalty if self.sparsity and cfg.sparsity.l1_lambda else None
         self.module = GPTLightningModule(model, cfg.optim, penalty)
+        self.module.tokens_per_batch = _tokens_per_batch(bundle, cfg.optim.batch_size)
         # LoRA checkpoints on pretrained weights hold only what trains (see checkpoint.py).
         self.module.strict_loading = trained.base is None
         if cfg.trainer.compile:
