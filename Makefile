@@ -14,7 +14,7 @@ OUTPUTS := $(CURDIR)/outputs
 STORE := sqlite:///$(OUTPUTS)/mlflow.db
 PORT ?= 5000
 
-.PHONY: install train test sweep search ui server bench lint format docs llama-cpp smollm2 clean
+.PHONY: install train test sweep search ui server serve bench lint format docs llama-cpp smollm2 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ ui: $(STAMP)
 server: $(STAMP)
 	mkdir -p $(OUTPUTS)/mlartifacts
 	$(VENV)/bin/mlflow server --backend-store-uri $(or $(BACKEND),$(STORE)) --artifacts-destination $(OUTPUTS)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+# Serve an MLflow model over HTTP (POST /invocations): MODEL=models:/<name>@<alias>, or a run's
+# model_uri from run.json. MLflow starts uvicorn from the PATH, hence the venv's bin on it.
+SERVE_PORT ?= 5001
+serve: $(STAMP)
+	$(if $(MODEL),,$(error Pass the model to serve: make serve MODEL=models:/<name>@candidate))
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI="$(or $(MLFLOW_TRACKING_URI),$(STORE))" \
+		$(VENV)/bin/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 # The benchmark suite (benchmarks/README.md): outputs/bench/<date>/results.{json,md} and the
 # MLflow experiment `benchmarks`. ARGS=--quick for a short run.

@@ -126,13 +126,15 @@ def pipeline_segment(
     cfg: TrainConfig,
     warmup: int,
     tracking_on: bool = True,
+    system_metrics_s: float | None = None,
 ) -> float:
     """Seconds per step of this pipeline's training loop: the product's Trainer settings,
     LightningModule and MLflow logger (into a scratch SQLite store when tracking_on).
 
     The checkpoint callbacks are left out: they save once per epoch or validation, never within
     the steps measured here, and a 124M checkpoint would only slow the benchmark down. So is
-    the model summary, printed once before the first step.
+    the model summary, printed once before the first step. system_metrics_s: MLflow's system
+    metrics sampled at that interval while the steps run (with tracking on).
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
@@ -155,6 +157,12 @@ def pipeline_segment(
         config = cfg.model_dump(mode="json")
         tracked = start_run(client, experiment, run_dir.name, config, run_dir, "benchmarks")
         logger = BatchedMLflowLogger(tracked)
+    monitor = None
+    if tracked and system_metrics_s:
+        from pipeline.tracking.monitor import system_monitor
+
+        settings = cfg.logger.model_copy(update={"system_metrics_interval_s": system_metrics_s})
+        monitor = system_monitor(tracked, settings)
     deterministic = torch.are_deterministic_algorithms_enabled()
     trainer, _ = build_trainer(cfg, run_dir, logger, Trained(model, None), False, [])
     ends: list[float] = []
@@ -173,6 +181,8 @@ def pipeline_segment(
     finally:
         # Lightning's deterministic=True is process-wide; the next case must not inherit it.
         torch.use_deterministic_algorithms(deterministic)
+        if monitor:
+            monitor.finish()
     flush = 0.0
     if tracked:
         # Metrics are buffered and sent in batches; the last batch belongs to these steps.

@@ -32,6 +32,7 @@ BENCHMARKS = [
     "sparsity",
     "gguf",
     "packing",
+    "instruct",
     "gpu",
 ]
 EXPERIMENT = "benchmarks"

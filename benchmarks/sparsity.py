@@ -49,7 +49,7 @@ def train_run(cfg, folder: Path) -> dict:
 
 
 def val_ppl(trained, cfg) -> float:
-    return evaluate(trained, cfg.data, cfg.seed, "val", cfg)["val/ppl"]
+    return evaluate(trained, cfg.data, cfg.seed, "val", cfg).metrics["val/ppl"]
 
 
 def one_shot(dense, cfg, method: str, pattern: str) -> float:

@@ -24,37 +24,37 @@ def main(cfg: EvaluateConfig) -> dict[str, float]:
     from hydra.core.hydra_config import HydraConfig
 
     from pipeline.build.restore import load_trained
-    from pipeline.files import write_json
-    from pipeline.run.evaluation import data_config, evaluate
+    from pipeline.cli.launch import tracking_uri
+    from pipeline.files import write_json, write_text
+    from pipeline.run.evaluation import data_config, evaluate, with_answers
 
     trained = load_trained(cfg.ckpt)
     hydra_cfg = HydraConfig.get()
     data, seed = data_config(cfg, trained.config, list(hydra_cfg.overrides.task))
-    metrics = evaluate(trained, data, seed, cfg.split, cfg)
-    folder = Path(hydra_cfg.runtime.output_dir)
+    evaluation = evaluate(trained, data, seed, cfg.split, cfg)
     if data.task == "instruct":
-        from pipeline.data.records import load_splits
-        from pipeline.files import write_text
-        from pipeline.run.answers import answer_all, scores
-
-        conversations = load_splits(data, seed)[cfg.split].conversations
-        rows = answer_all(trained, conversations, cfg.max_new_tokens)
-        metrics |= {f"{cfg.split}/{k}": v for k, v in scores(rows).items()}
-        if cfg.judge.url:
-            from pipeline.run.judge import judge_all
-
-            judged = judge_all(rows, cfg.judge.url, cfg.judge.model, cfg.judge.timeout_s)
-            metrics |= {f"{cfg.split}/{k}": v for k, v in judged.items()}
-        lines = "".join(json.dumps(row) + "\n" for row in rows)
-        print(f"answers written to {write_text(folder / 'responses.jsonl', lines)}")
-    for key, value in metrics.items():
+        with_answers(evaluation, trained, data, seed, cfg)
+    folder = Path(hydra_cfg.runtime.output_dir)
+    files = []
+    if evaluation.rows:
+        name = "responses.jsonl" if data.task == "instruct" else "predictions.jsonl"
+        lines = "".join(json.dumps(row) + "\n" for row in evaluation.rows)
+        files.append(write_text(folder / name, lines))
+        print(f"each example's output written to {files[-1]}")
+    for key, value in evaluation.metrics.items():
         print(f"{key:>16}: {value:.4f}")
-    out = write_json(
-        folder / "metrics.json",
-        {"ckpt": str(Path(cfg.ckpt).resolve()), "data": data.path, "metrics": metrics},
-    )
-    print(f"written to {out}")
-    return metrics
+    summary = {"ckpt": str(Path(cfg.ckpt).resolve()), "data": data.path}
+    files.append(write_json(folder / "metrics.json", summary | {"metrics": evaluation.metrics}))
+    print(f"written to {files[-1]}")
+    if cfg.logger.name == "mlflow":
+        from pipeline.tracking.evaluation import record_evaluation
+
+        uri = tracking_uri(cfg.logger, cfg.paths.outputs)
+        where = (uri, cfg.logger.experiment_name, cfg.paths.outputs, cfg.ckpt, cfg.split)
+        e = evaluation
+        tracked = record_evaluation(*where, e.source, e.metrics, e.rows, files)
+        print(f"recorded in MLflow: {tracked.ui_url()}")
+    return evaluation.metrics
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ class RunRecord:
     error: str | None = None
     duration_s: float | None = None
     ui_url: str | None = None
+    model_uri: str | None = None  # the MLflow logged model (models:/<id>)
+    registered_model: str | None = None  # models:/<name>@<alias>
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -87,9 +89,28 @@ class RunRecord:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+def owning_run(path: str | Path) -> RunRecord | None:
+    """The record of the run that wrote `path`: a run folder, a checkpoint in its
+    checkpoints/, or an export under its export/<format>/ (None for anything else)."""
+    path = Path(path).expanduser().resolve()
+    for folder in [path, *path.parents][:4]:
+        if (record := RunRecord.read(folder)) is not None:
+            return record
+    return None
+
+
 def path_of(run_dir: Path, rank: int = 0) -> Path:
     return Path(run_dir) / (NAME if rank == 0 else f"run.rank{rank}.json")
 
 
-_OPTIONAL = {"sparsity", "world_size", "weights_sha256", "error", "duration_s", "ui_url"}
+_OPTIONAL = {
+    "sparsity",
+    "world_size",
+    "weights_sha256",
+    "error",
+    "duration_s",
+    "ui_url",
+    "model_uri",
+    "registered_model",
+}
 _PATH_FIELDS = {f.name for f in fields(Paths)}

@@ -38,7 +38,9 @@ def only_run(outputs: Path) -> tuple[Path, dict]:
 
 def metric_histories(outputs: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
     client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    keys = set(client.get_run(run_id).data.metrics) - TIMING
+    # System metrics (CPU, memory) are samples of the machine, not of the training.
+    keys = {k for k in client.get_run(run_id).data.metrics if not k.startswith("system/")}
+    keys -= TIMING
     return {
         key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         for key in keys
@@ -69,6 +71,11 @@ def assert_same_run(outputs: Path, straight: tuple[Path, dict]) -> dict:
     )
     run = MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(record["run_id"])
     assert run.info.status == "FINISHED" and "error" not in run.data.tags  # the stop is over
+    # One set of datasets and one final model, however many times the run was started.
+    contexts = [t.value for d in run.inputs.dataset_inputs for t in d.tags]
+    assert sorted(contexts) == ["testing", "training", "validation"]
+    (model,) = run.outputs.model_outputs
+    assert model.step == 2 * BATCHES_PER_EPOCH
     return record
 
 

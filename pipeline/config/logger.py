@@ -20,3 +20,14 @@ class LoggerConfig(Group):
     """The MLflow run's name; null: the run folder's name."""
     log_checkpoint: Literal["best", "last", "none"] = "best"
     """Which checkpoint is uploaded as an artifact."""
+    log_models: Literal["final", "checkpoints", "none"] = "final"
+    """MLflow logged models (transformers flavor, from the hf export): final, the run's model;
+    checkpoints, every kept checkpoint too, each at its step; none."""
+    register_as: str | None = None
+    """Register the final model under this name in MLflow's model registry; null: do not."""
+    alias: str = Field(default="candidate", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    """The alias the registered version gets (models:/<register_as>@<alias>)."""
+    system_metrics: bool = True
+    """CPU, memory, disk, network (and GPU) use, in the run's System metrics tab."""
+    system_metrics_interval_s: float = Field(default=10.0, gt=0)
+    """Seconds between two samples of the system metrics."""

@@ -25,6 +25,15 @@ class TokenizedSplit:
     positions: list[list[int]] | None = None
 
 
+@dataclass(frozen=True)
+class SplitSource:
+    """Where a split's examples came from, for the record."""
+
+    path: str | None
+    digest: str
+    examples: int
+
+
 @dataclass
 class DataBundle:
     """Everything the model and the trainer need to know about the data."""
@@ -33,6 +42,7 @@ class DataBundle:
     tokenizer: TextTokenizer
     splits: dict[str, TokenizedSplit]
     label_names: list[str] = field(default_factory=list)
+    sources: dict[str, SplitSource] = field(default_factory=dict)
 
     @property
     def n_outputs(self) -> int | None:
@@ -154,4 +164,9 @@ def build_data(
 ) -> DataBundle:
     splits = load_splits(cfg, seed)
     tokenizer = tokenizer or build_tokenizer(cfg, splits["train"])
-    return tokenize(splits, cfg, tokenizer, label_names)
+    bundle = tokenize(splits, cfg, tokenizer, label_names)
+    bundle.sources = {
+        name: SplitSource(records.source, records.digest(), len(records.texts))
+        for name, records in splits.items()
+    }
+    return bundle

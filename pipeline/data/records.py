@@ -4,7 +4,9 @@ seed into train, validation and test."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +24,24 @@ class Records:
     labels: list[str] | None
     # data.task=instruct: the conversations (texts holds their contents, one string each).
     conversations: list[Conversation] | None = None
+    # The file they were read from (absolute).
+    source: str | None = None
+
+    def digest(self) -> str:
+        """A hash of the examples themselves (not of the file): splits of the same examples
+        share it, whichever file or order of columns they came from."""
+        content = json.dumps([self.texts, self.labels, self.conversations], ensure_ascii=False)
+        return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
 def read_records(path: str | Path, cfg: DataConfig) -> Records:
     """The text (and label) column of a file in `cfg.format`."""
-    path = Path(path)
+    records = _read(Path(path), cfg)
+    records.source = str(Path(path).resolve())
+    return records
+
+
+def _read(path: Path, cfg: DataConfig) -> Records:
     if not path.is_file():
         raise UserError(f"Data file {path} does not exist. Check data.path.")
     want_labels = cfg.task == "classification"
@@ -85,7 +100,8 @@ def _subset(records: Records, idx: list[int]) -> Records:
     def pick(values: list | None) -> list | None:
         return None if values is None else [values[i] for i in idx]
 
-    return Records(pick(records.texts), pick(records.labels), pick(records.conversations))
+    picked = (pick(records.texts), pick(records.labels), pick(records.conversations))
+    return Records(*picked, source=records.source)
 
 
 def load_splits(cfg: DataConfig, seed: int) -> dict[str, Records]:

@@ -1,18 +1,34 @@
 """A trained model evaluated on a split of a data set (python -m pipeline.evaluate, and the
-benchmarks)."""
+benchmarks): the test loop's metrics, and each example's output (a classifier's label and
+probabilities; an instruct model's answer, with exact match, token F1 and a judge's score)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytorch_lightning as pl
+import torch
 
 from pipeline.build.trained import Trained
+from pipeline.config.commands import EvaluateConfig
 from pipeline.config.data import DataConfig
 from pipeline.config.train import TrainConfig
-from pipeline.data.bundle import build_data
+from pipeline.data.bundle import SplitSource, TokenizedSplit, build_data
 from pipeline.data.loader import TextDataModule
+from pipeline.data.records import load_splits
 from pipeline.errors import UserError
+from pipeline.model.heads import label_probabilities
 from pipeline.run.module import GPTLightningModule
 from pipeline.run.trainer import check_devices
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    source: SplitSource | None = None
+    """The evaluated split's file, digest and size."""
+    rows: list[dict] = field(default_factory=list)
+    """One row per example: its output next to the reference (with_outputs)."""
 
 
 def data_config(cfg: TrainConfig, recorded: dict, overrides: list[str]) -> tuple[DataConfig, int]:
@@ -24,7 +40,7 @@ def data_config(cfg: TrainConfig, recorded: dict, overrides: list[str]) -> tuple
 
 def evaluate(
     trained: Trained, data: DataConfig, seed: int, split: str, cfg: TrainConfig
-) -> dict[str, float]:
+) -> Evaluation:
     """The test loop over `split` of the data: loss, and accuracy and F1 or perplexity."""
     check_devices(cfg)
     if trained.tokenizer is None:
@@ -58,7 +74,43 @@ def evaluate(
         enable_model_summary=False,
     )
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    return {k.replace("test/", f"{split}/"): round(float(v), 6) for k, v in results.items()}
+    metrics = {k.replace("test/", f"{split}/"): round(float(v), 6) for k, v in results.items()}
+    evaluation = Evaluation(metrics, bundle.sources.get(split))
+    if data.task == "classification":
+        evaluation.rows = _labelled(trained, bundle.splits[split])
+    return evaluation
+
+
+def with_answers(
+    evaluation: Evaluation, trained: Trained, data: DataConfig, seed: int, cfg: EvaluateConfig
+) -> None:
+    """An instruct model's answer to every example of the split, scored (and judged)."""
+    from pipeline.run.answers import answer_all, scores
+
+    conversations = load_splits(data, seed)[cfg.split].conversations
+    rows = answer_all(trained, conversations, cfg.max_new_tokens)
+    found = scores(rows)
+    if cfg.judge.url:
+        from pipeline.run.judge import judge_all
+
+        found |= judge_all(rows, cfg.judge.url, cfg.judge.model, cfg.judge.timeout_s)
+    evaluation.metrics |= {f"{cfg.split}/{k}": v for k, v in found.items()}
+    evaluation.rows = rows
+
+
+@torch.no_grad()
+def _labelled(trained: Trained, split: TokenizedSplit) -> list[dict]:
+    """{text, label, predicted, p(label) for each label} per example, one at a time (no
+    padding to reason about; test splits are small)."""
+    model, names = trained.model.eval(), trained.label_names
+    rows = []
+    for ids, label in zip(split.ids, split.labels or [], strict=True):
+        pooled = model.pooled(model(torch.tensor([ids])), torch.tensor([len(ids)]))
+        probs = label_probabilities(pooled[0]).tolist()
+        row = {"text": trained.tokenizer.decode(ids), "label": names[label]}
+        row["predicted"] = names[max(range(len(probs)), key=probs.__getitem__)]
+        rows.append(row | {f"p({name})": round(p, 6) for name, p in zip(names, probs, strict=True)})
+    return rows
 
 
 def _semi_structured(trained: Trained):

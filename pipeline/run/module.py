@@ -199,9 +199,17 @@ class GPTLightningModule(pl.LightningModule):
         if not self.is_lm:
             return
         trained, self._trained_since_step = self._trained_since_step, 0
-        scale = self.trainer.accumulate_grad_batches * self.tokens_per_batch / max(trained, 1)
+        scale = self.trainer.accumulate_grad_batches * self.tokens_per_batch
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch._foreach_mul_(grads, scale)
+        world = self.trainer.world_size
+        if world == 1:
+            torch._foreach_mul_(grads, scale / max(trained, 1))
+            return
+        # Data-parallel ranks see different numbers of trained tokens and DDP averaged their
+        # gradients: the mean is over the tokens of every rank (one small all-reduce per step).
+        counted = torch.tensor(float(trained), device=grads[0].device if grads else self.device)
+        everyone = self.trainer.strategy.reduce(counted, reduce_op="sum")
+        torch._foreach_mul_(grads, scale * world / everyone.clamp_min(1))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TRAIN_MEANS_KEY] = {

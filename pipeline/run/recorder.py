@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pipeline.build.trained import Trained
 from pipeline.config.train import TrainConfig
+from pipeline.data.bundle import SplitSource
 from pipeline.errors import TrialPruned, UserError
 from pipeline.record import RunRecord, Status
 from pipeline.run.faults import StopOnSignal
 from pipeline.run.launch import Launch
+from pipeline.run.logged_models import log_run_models
 from pipeline.run.resume import Resume
 from pipeline.tracking.client import open_experiment
+from pipeline.tracking.datasets import log_datasets
 from pipeline.tracking.logger import BatchedMLflowLogger
+from pipeline.tracking.monitor import system_monitor
 from pipeline.tracking.provenance import data_digests, redact
 from pipeline.tracking.runs import failure_tags, finish_run, last_step, reopen_run, start_run
 
@@ -37,10 +42,12 @@ class Recorder:
         trained: Trained,
         resume: Resume | None,
         stop: StopOnSignal,
+        datasets: Mapping[str, SplitSource],
     ):
         self.cfg, self.launch, self.run_dir = cfg, launch, run_dir
+        self.datasets = datasets
         self.trained, self.resume, self.stop = trained, resume, stop
-        self.tracked, self.logger = None, None
+        self.tracked, self.logger, self.monitor = None, None, None
         self.n_params, self.n_trainable = trained.parameter_counts()
 
     def __enter__(self) -> Recorder:
@@ -50,6 +57,7 @@ class Recorder:
             self.tracked = self._open()
             # Steps logged before an interruption are not logged a second time.
             self.logger = BatchedMLflowLogger(self.tracked, skip_through=last_step(self.tracked))
+            self.monitor = system_monitor(self.tracked, cfg.logger)
         self.record = RunRecord(
             run_id=self.tracked.run_id if self.tracked else None,
             experiment_name=cfg.logger.experiment_name,
@@ -72,7 +80,7 @@ class Recorder:
         client, experiment_id = open_experiment(
             self.launch.tracking_uri, cfg.logger.experiment_name, cfg.paths.outputs
         )
-        return start_run(
+        tracked = start_run(
             client,
             experiment_id,
             cfg.logger.run_name or self.run_dir.name,
@@ -82,18 +90,26 @@ class Recorder:
             self.launch.parent_run_id,
             data_digests(cfg.data),
         )
+        # A new run only: a resumed one has them already.
+        log_datasets(tracked, self.datasets)
+        return tracked
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         record = self.record
         record.status, record.error = self._outcome(exc)
         record.duration_s = round(time.time() - self.started, 1)
-        if self.tracked:
-            record.ui_url = self.tracked.ui_url()
-        record.write(self.run_dir, self.launch.rank)
         if not self.tracked:
+            record.write(self.run_dir, self.launch.rank)
             return
+        record.ui_url = self.tracked.ui_url()
         try:
+            if self.monitor:
+                self.monitor.finish()
             self.logger.finalize(record.status.value)
+            tags = failure_tags(record.status, record.error)
+            if exc is None:
+                tags |= log_run_models(self.cfg, self.tracked, record)
+            record.write(self.run_dir, self.launch.rank)
             artifacts = {"": self.run_dir / "run.json"}
             if exc is None:
                 artifacts.update(self._artifacts())
@@ -102,9 +118,9 @@ class Recorder:
                 "model.trainable_parameters": self.n_trainable,
                 "model.trainable_fraction": f"{self.n_trainable / self.n_params:.6f}",
             }
-            tags = failure_tags(record.status, record.error)
             finish_run(self.tracked, record.status, artifacts, size, tags)
         except Exception as error:
+            record.write(self.run_dir, self.launch.rank)
             if exc is None:
                 raise
             # The run's own error is the one to report; the tracking one only follows it.

@@ -41,7 +41,7 @@ def train(cfg: TrainConfig, launch: Launch) -> RunRecord:
         trained.config = redact_all(cfg.model_dump(mode="json", exclude={"resume"}))
         _announce(cfg, trained, resume)
         trained.tokenizer.save(run_dir)
-        with Recorder(cfg, launch, run_dir, trained, resume, stop) as recorder:
+        with Recorder(cfg, launch, run_dir, trained, resume, stop, bundle.sources) as recorder:
             record = recorder.record
             fitting = Fitting(
                 cfg, trained, bundle, run_dir, recorder.logger, stop, launch.callbacks
