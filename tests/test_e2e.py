@@ -137,6 +137,7 @@ def test_sweep_has_a_parent_run_a_summary_and_survives_a_failed_trial(tmp_path: 
         "trainer.max_epochs=1",
         "optim.lr=1e-3,3e-3",
         "model.n_heads=2,3",
+        "logger.register_as=sms-best",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (root,) = outputs.glob("multirun/*/*")
@@ -163,6 +164,11 @@ def test_sweep_has_a_parent_run_a_summary_and_survives_a_failed_trial(tmp_path: 
         best.data.metrics["val/loss"], rel=1e-5
     )
     assert parent.data.tags["best_run_id"] == best.info.run_id
+    # Every finished trial logged its model; only the best one was registered.
+    assert all(len(r.outputs.model_outputs) == 1 for r in children)
+    (version,) = client.search_model_versions("name = 'sms-best'")
+    assert version.run_id == best.info.run_id
+    assert client.get_model_version_by_alias("sms-best", "candidate").version == version.version
     assert set(parent.data.params) >= {"sweep.overrides", "best.optim.lr", "best.model.n_heads"}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_summary.md", "sweep_summary.csv", "sweep_summary.png"} <= artifacts

@@ -24,8 +24,10 @@ pytestmark = pytest.mark.slow
 PROMPT = "URGENT! You have won a prize, call now"
 
 
-def _train(outputs: Path, *args: str) -> dict:
-    result = run_cli("train", f"paths.outputs={outputs}", *TINY, "trainer.max_epochs=1", *args)
+def _train(outputs: Path, *args: str, epochs: int = 1) -> dict:
+    result = run_cli(
+        "train", f"paths.outputs={outputs}", *TINY, f"trainer.max_epochs={epochs}", *args
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run_json,) = outputs.glob("runs/*/*/*/run.json")
     return json.loads(run_json.read_text())
@@ -171,3 +173,20 @@ def test_evaluate_is_a_run_nested_under_the_training_run_with_its_table(classifi
     assert len(table) == 40 and {"text", "label", "predicted", "p(spam)"} <= set(table.columns)
     accuracy = (table["label"] == table["predicted"]).mean()
     assert accuracy == pytest.approx(child.data.metrics["test/acc"])
+
+
+def test_log_models_checkpoints_logs_every_kept_checkpoint_at_its_step(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    record = _train(
+        outputs, "trainer.checkpoint.save_top_k=3", "logger.log_models=checkpoints", epochs=3
+    )
+    client = _client(outputs)
+    outputs_by_step = {
+        m.step: m.model_id for m in client.get_run(record["run_id"]).outputs.model_outputs
+    }
+    assert sorted(outputs_by_step) == [20, 40, 60]  # 20 batches an epoch; 60 is the final one
+    assert record["model_uri"] == f"models:/{outputs_by_step[60]}"
+    mlflow.set_tracking_uri(f"sqlite:///{outputs}/mlflow.db")
+    early = mlflow.pyfunc.load_model(f"models:/{outputs_by_step[20]}").predict([PROMPT])
+    final = mlflow.pyfunc.load_model(record["model_uri"]).predict([PROMPT])
+    assert early["score"][0] != pytest.approx(final["score"][0], abs=1e-6)  # other weights

@@ -79,6 +79,7 @@ class SweepSummary(Callback):
             from pipeline.tracking.runs import finish_parent_run
 
             finish_parent_run(_store(config)[0], parent, best, metric, files, stopped)
+            _register_best(config, best)
         if signum:
             print(
                 f"{stopped}: the trials that were running saved a checkpoint and each continues "
@@ -86,6 +87,29 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             sys.exit(128 + signum)
+
+
+def _register_best(config: DictConfig, best: dict | None) -> None:
+    """logger.register_as in a sweep or search registers its best trial's model, once."""
+    name, alias = config.logger.get("register_as"), config.logger.get("alias", "candidate")
+    if not name or best is None or not best.get("run_id"):
+        return
+    from pipeline.tracking.models import register_best
+
+    try:
+        version = register_best(_store(config)[0], best["run_id"], name, alias)
+    except Exception as exc:
+        print(
+            f"warning: could not register the best trial's model as {name!r} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). Its run and model "
+            "are recorded; register it from the MLflow UI.",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"Registered the best trial ({best['trial']}) as {name} version {version}: "
+        f"models:/{name}@{alias}."
+    )
 
 
 def _store(config: DictConfig) -> tuple[str, str]:

@@ -15,8 +15,11 @@ from pipeline.tracking.models import log_model, register
 from pipeline.tracking.runs import last_step
 
 
-def log_run_models(cfg: TrainConfig, run: TrackedRun, record: RunRecord) -> dict[str, str]:
-    """Log (and register) the run's models; the tags that say what failed, if anything."""
+def log_run_models(
+    cfg: TrainConfig, run: TrackedRun, record: RunRecord, in_sweep: bool = False
+) -> dict[str, str]:
+    """Log (and register) the run's models; the tags that say what failed, if anything. The
+    trials of a sweep only log theirs: the sweep registers its best trial's at its end."""
     logger = cfg.logger
     if logger.log_models == "none":
         return {}
@@ -37,7 +40,7 @@ def log_run_models(cfg: TrainConfig, run: TrackedRun, record: RunRecord) -> dict
     except Exception as exc:
         return _failed("model.error", "log the model to MLflow", exc)
     record.model_uri = f"models:/{model_id}"
-    if not logger.register_as:
+    if not logger.register_as or in_sweep:
         return {}
     try:
         version = register(run, model_id, logger.register_as, logger.alias)

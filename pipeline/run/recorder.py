@@ -108,7 +108,8 @@ class Recorder:
             self.logger.finalize(record.status.value)
             tags = failure_tags(record.status, record.error)
             if exc is None:
-                tags |= log_run_models(self.cfg, self.tracked, record)
+                in_sweep = self.launch.parent_run_id is not None
+                tags |= log_run_models(self.cfg, self.tracked, record, in_sweep)
             record.write(self.run_dir, self.launch.rank)
             artifacts = {"": self.run_dir / "run.json"}
             if exc is None:

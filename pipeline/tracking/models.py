@@ -18,7 +18,7 @@ import mlflow
 from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID, MLFLOW_TRACKING_URI
 from mlflow.tracking import is_tracking_uri_set
 
-from pipeline.tracking.client import TrackedRun
+from pipeline.tracking.client import Client, TrackedRun
 
 TASKS = {
     "classification": "text-classification",
@@ -106,3 +106,15 @@ def _quiet() -> Iterator[None]:
         transformers.logging.enable_progress_bar()
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def register_best(uri: str, run_id: str, name: str, alias: str) -> str:
+    """Register the final model of run `run_id` (a sweep's best trial); the version."""
+    client = Client(tracking_uri=uri)
+    run = client.get_run(run_id)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not outputs:
+        raise ValueError(f"run {run_id} logged no model (logger.log_models=none?)")
+    final = max(outputs, key=lambda output: output.step).model_id
+    tracked = TrackedRun(client, run_id, run.info.experiment_id, uri)
+    return register(tracked, final, name, alias)
