@@ -75,7 +75,9 @@ def open_experiment(uri: str, name: str, outputs: str | Path) -> tuple[Client, s
     if not uri.startswith("http"):
         location = (Path(outputs).resolve() / "mlartifacts" / name).as_uri()
     try:
-        return client, client.create_experiment(name, artifact_location=location)
+        # The UI opens a model-training experiment at its runs, not at GenAI traces.
+        tags = {"mlflow.experimentKind": "custom_model_development"}
+        return client, client.create_experiment(name, artifact_location=location, tags=tags)
     except MlflowException:
         # Another process created it between our lookup and our create.
         return client, client.get_experiment_by_name(name).experiment_id
