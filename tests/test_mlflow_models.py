@@ -190,3 +190,41 @@ def test_log_models_checkpoints_logs_every_kept_checkpoint_at_its_step(tmp_path:
     early = mlflow.pyfunc.load_model(f"models:/{outputs_by_step[20]}").predict([PROMPT])
     final = mlflow.pyfunc.load_model(record["model_uri"]).predict([PROMPT])
     assert early["score"][0] != pytest.approx(final["score"][0], abs=1e-6)  # other weights
+
+
+def test_a_registry_that_fails_leaves_the_run_finished_with_the_failure_tagged(
+    tmp_path: Path,
+) -> None:
+    """The registry (MLFLOW_REGISTRY_URI) does not answer: the model is still logged, the run
+    still ends FINISHED, and the failure is a warning and a tag, after training."""
+    outputs = tmp_path / "outputs"
+    nobody = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "MLFLOW_REGISTRY_URI": nobody,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
+    result = run_cli(
+        "train",
+        f"paths.outputs={outputs}",
+        *TINY,
+        "trainer.max_epochs=1",
+        "logger.register_as=sms-spam",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: could not register the model as 'sms-spam'" in result.stderr
+    assert "Traceback" not in result.stderr
+    (run_json,) = outputs.glob("runs/*/*/*/run.json")
+    record = json.loads(run_json.read_text())
+    assert record["status"] == "FINISHED" and "registered_model" not in record
+    run = _client(outputs).get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and "registry.error" in run.data.tags
+    assert record["model_uri"] and run.outputs.model_outputs
+
+
+def test_a_model_name_mlflow_would_refuse_is_refused_before_training(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    result = run_cli("train", f"paths.outputs={outputs}", *TINY, "logger.register_as=team/sms")
+    assert result.returncode == 2 and "logger.register_as" in result.stderr
+    assert "Traceback" not in result.stderr and not list(outputs.glob("runs/*/*/*"))

@@ -23,8 +23,9 @@ class LoggerConfig(Group):
     log_models: Literal["final", "checkpoints", "none"] = "final"
     """MLflow logged models (transformers flavor, from the hf export): final, the run's model;
     checkpoints, every kept checkpoint too, each at its step; none."""
-    register_as: str | None = None
-    """Register the final model under this name in MLflow's model registry; null: do not."""
+    register_as: str | None = Field(default=None, min_length=1, pattern=r"^[^/:]+$")
+    """Register the final model under this name in MLflow's model registry (no / or :, which
+    MLflow refuses); null: do not."""
     alias: str = Field(default="candidate", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     """The alias the registered version gets (models:/<register_as>@<alias>)."""
     system_metrics: bool = True
