@@ -2,9 +2,11 @@
 
 The Hugging Face export is logged through MLflow's transformers flavor as a pipeline, so that
 MLflow's own loaders use it: `mlflow.pyfunc.load_model("models:/<id>")` (or `mlflow models
-serve`) gives a classifier's label scores (text-classification) and a language model's greedy
-continuation (text-generation, max_new_tokens from `generation`). The model is an output of
-the run at its step, so the run's metrics at that step are the model's metrics in the UI.
+serve`) gives a classifier's label and its probability (text-classification: the most likely
+label of several; a binary classifier's positive label, whatever its value, since its export
+has one logit) and a language model's greedy continuation (text-generation, at most
+`max_new_tokens`). The model is an output of the run at its step, so the run's metrics at
+that step are the model's metrics in the UI.
 """
 
 from __future__ import annotations
