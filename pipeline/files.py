@@ -25,6 +25,9 @@ def write_beside(path: str | Path, write: Callable[[Path], Any]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp made it 0600 (and a writer may replace it with its own temporary file): it
+        # gets the mode any new file gets, so a teammate on a shared file system can read it.
+        os.chmod(tmp, _new_file_mode())
         _fsync(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -51,6 +54,13 @@ def move_files_into(source: str | Path, directory: Path) -> None:
         _fsync(path)
         os.replace(path, directory / path.name)
     _fsync(directory)
+
+
+def _new_file_mode() -> int:
+    """The mode open() gives a new file under this process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync(path: str | Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from pipeline.files import write_text
 from tests.helpers import (
     TINY,
     app_config,
@@ -252,3 +253,23 @@ def test_a_signal_during_a_parallel_sweep_stops_every_trial_in_order(
         assert step_of(Path(record["paths"]["run_dir"]) / "checkpoints" / "last.ckpt") > 0
     (summary,) = outputs.glob("multirun/*/*/sweep_summary.md")
     assert len([p for p in summary.parent.iterdir() if p.name.isdigit()]) == 2  # none queued
+
+
+def test_files_a_run_writes_get_the_mode_the_umask_gives_any_new_file(straight, tmp_path):
+    """Atomic writes go through a temporary file (mkstemp: 0600); the file they leave must be
+    as readable as any other new file, for a teammate on a shared file system."""
+    run_dir, _ = straight
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    expected = probe.stat().st_mode & 0o777
+    files = [run_dir / "run.json", run_dir / "checkpoints" / "last.ckpt"]
+    files += sorted((run_dir / "export" / "hf").iterdir())
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+        f.name: oct(expected) for f in files
+    }
+    previous = os.umask(0o002)  # a group-writable umask, as shared project folders use
+    try:
+        written = write_text(tmp_path / "shared.json", "{}")
+    finally:
+        os.umask(previous)
+    assert written.stat().st_mode & 0o777 == 0o664
