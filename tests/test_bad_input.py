@@ -126,6 +126,10 @@ CASES: dict[str, Case] = {
     "unknown data format": Case("data.format=parquet", r"'tsv', 'csv', 'jsonl', 'json' or 'text'"),
     "unknown export format": Case("export.formats=[hf,tflite]", r"export.formats.1='tflite'"),
     "unknown lora bias": Case("lora=default lora.bias=some", r"'none', 'all' or 'lora_only'"),
+    "validation interval longer than an epoch": Case(
+        "trainer.val_check_interval=500",
+        r"val_check_interval=500 batches, but an epoch of this data has 20 training batches",
+    ),
     "gguf export of a classifier": Case(
         "export.formats=[gguf]", r"export.formats=\['gguf'\].*language models"
     ),

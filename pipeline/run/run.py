@@ -21,7 +21,7 @@ from pipeline.run.faults import StopOnSignal
 from pipeline.run.launch import Launch
 from pipeline.run.recorder import Recorder
 from pipeline.run.resume import Resume, locate_resume
-from pipeline.run.trainer import Fitting, check_devices
+from pipeline.run.trainer import Fitting, check_against_data, check_devices
 from pipeline.tracking.provenance import redact_all
 
 
@@ -37,6 +37,7 @@ def train(cfg: TrainConfig, launch: Launch) -> RunRecord:
     with StopOnSignal(run_dir / "checkpoints", launch.stop_file) as stop:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         trained, bundle = build_model(cfg)
+        check_against_data(cfg, bundle)
         # Checkpoints carry the config and may be uploaded: no credentials in it.
         trained.config = redact_all(cfg.model_dump(mode="json", exclude={"resume"}))
         _announce(cfg, trained, resume)
