@@ -40,6 +40,7 @@ def demo_rows() -> list[tuple[str, str]]:
 def write(name: str, content: str | bytes) -> Callable[[Path], None]:
     def setup(tmp: Path) -> None:
         path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
 
     return setup
@@ -126,6 +127,11 @@ CASES: dict[str, Case] = {
     "unknown data format": Case("data.format=parquet", r"'tsv', 'csv', 'jsonl', 'json' or 'text'"),
     "unknown export format": Case("export.formats=[hf,tflite]", r"export.formats.1='tflite'"),
     "unknown lora bias": Case("lora=default lora.bias=some", r"'none', 'all' or 'lora_only'"),
+    "an ONNX export as pretrained weights": Case(
+        "model.init_from={tmp}/export/onnx",
+        r"export/onnx is not a folder this pipeline reads \(an ONNX export.*Hugging Face folder",
+        write("export/onnx/model.onnx", b"onnx bytes"),
+    ),
     "validation interval longer than an epoch": Case(
         "trainer.val_check_interval=500",
         r"val_check_interval=500 batches, but an epoch of this data has 20 training batches",

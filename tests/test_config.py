@@ -83,3 +83,12 @@ def test_a_refused_command_never_removes_the_working_directory(tmp_path) -> None
     )
     assert result.returncode == 2 and "max_new_tokens=-1" in result.stderr
     assert empty.is_dir()
+
+
+def test_help_says_what_each_command_does_and_lists_the_others() -> None:
+    train = run_cli("train", "--help")
+    assert train.returncode == 0 and train.stdout.startswith("python -m pipeline.train: fine-tune")
+    assert "python -m pipeline.evaluate ckpt=<run>" in train.stdout  # the other commands
+    assert "== Configuration groups ==" in train.stdout and "lora: " in train.stdout
+    evaluate = run_cli("evaluate", "--help")
+    assert evaluate.stdout.startswith("python -m pipeline.evaluate ckpt=<run|.ckpt|export dir>")

@@ -12,11 +12,14 @@ def print_summary(record: RunRecord, make_ui_serves_it: bool) -> None:
     table = Table(title=f"Run {record.status.value}", show_header=False, title_justify="left")
     for key, value in record.metrics.items():
         table.add_row(key, f"{value:.4f}")
-    table.add_row("run folder", record.paths.run_dir)
     console = Console()
     if record.run_id:
         table.add_row("MLflow run", record.run_id)
+    if record.registered_model:
+        table.add_row("registered", record.registered_model)
     console.print(table)
+    # On lines of their own, whole: a table cell would cut a long path at the terminal's width.
+    console.print(f"Run folder: {record.paths.run_dir}", soft_wrap=True)
     if record.run_id:
         if record.tracking_uri.startswith("http"):
             ui = "open"

@@ -39,6 +39,8 @@ def detect(path: str | Path) -> tuple[Layout, Path]:
             path / "checkpoints"
         ).is_dir():
             return Layout.HF, path / "export" / "hf"
+        if RunRecord.read(path) is None and not (path / "checkpoints").is_dir():
+            raise UserError(_not_readable(path))
         return Layout.LIGHTNING, run_checkpoint(path)
     if path.suffix == ".ckpt":
         return Layout.LIGHTNING, path
@@ -59,4 +61,19 @@ def run_checkpoint(run_dir: Path) -> Path:
     raise UserError(
         f"{run_dir} looks like a run folder but holds no checkpoint (checkpoints/last.ckpt). "
         "Did its training finish? Pass a .ckpt or an export directory instead."
+    )
+
+
+def _not_readable(folder: Path) -> str:
+    """Why a folder that is neither a run folder nor a Hugging Face directory cannot be read."""
+    found = (
+        "an ONNX export (model.onnx), which runs in onnxruntime"
+        if (folder / "model.onnx").is_file()
+        else "neither"
+    )
+    return (
+        f"{folder} is not a folder this pipeline reads ({found}). Pass a run folder (with "
+        "run.json or checkpoints/), a .ckpt, a Hugging Face folder (config.json and weights, "
+        "such as <run>/export/hf or export/merged), a .gguf file, or a weights file "
+        "(.safetensors, .pth)."
     )
