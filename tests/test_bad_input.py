@@ -132,6 +132,10 @@ CASES: dict[str, Case] = {
         r"export/onnx is not a folder this pipeline reads \(an ONNX export.*Hugging Face folder",
         write("export/onnx/model.onnx", b"onnx bytes"),
     ),
+    "a ~ path unquoted (Hydra's lexer refuses it)": Case(
+        "data.path=~/my.tsv",
+        r"The override 'data.path=~/my.tsv' could not be parsed .*'data.path=\"~/my.tsv\"'",
+    ),
     "validation interval longer than an epoch": Case(
         "trainer.val_check_interval=500",
         r"val_check_interval=500 batches, but an epoch of this data has 20 training batches",

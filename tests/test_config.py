@@ -92,3 +92,13 @@ def test_help_says_what_each_command_does_and_lists_the_others() -> None:
     assert "== Configuration groups ==" in train.stdout and "lora: " in train.stdout
     evaluate = run_cli("evaluate", "--help")
     assert evaluate.stdout.startswith("python -m pipeline.evaluate ckpt=<run|.ckpt|export dir>")
+
+
+def test_paths_are_recorded_absolute_with_home_expanded(tmp_path, monkeypatch) -> None:
+    """A run records where its files are, so evaluate ckpt=<run> finds them from anywhere."""
+    (tmp_path / "my.tsv").write_text("label\ttext\nham\thi\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    overrides = ["data=tsv", "data.path=my.tsv", "data.synthetic_examples=null"]
+    cfg = validate(compose_config([*overrides, "data.val_path='~/my.tsv'"]), SCHEMAS["config"])
+    assert cfg.data.path == cfg.data.val_path == str(tmp_path / "my.tsv")

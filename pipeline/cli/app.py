@@ -70,9 +70,40 @@ def hydra_command(config_name: str) -> Callable[[Callable[[Any], Any]], Callable
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(exc.exit_code)
 
-        return main
+        @functools.wraps(main)
+        def entry(*args: Any, **kwargs: Any) -> Any:
+            if not args and not kwargs:  # run as a program: Hydra reads sys.argv
+                check_overrides(sys.argv[1:])
+            return main(*args, **kwargs)
+
+        return entry
 
     return decorate
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Refuse an override Hydra cannot parse in one sentence that names it and shows the
+    quoting (Hydra's own message is a lexer trace that names neither)."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    known, _ = get_args_parser().parse_known_args(argv)
+    parser = OverridesParser.create()
+    for text in known.overrides:
+        try:
+            parser.parse_overrides([text])
+        except OverrideParseException as exc:
+            reason = str(exc).strip().splitlines()[0].split(" expecting ")[0]
+            key = text.split("=", 1)[0]
+            print(
+                f"error: The override {text!r} could not be parsed ({reason}). A value with "
+                "spaces, commas, quotes or any of ~ [ ] { } ( ) : = needs quotes for Hydra, "
+                f"inside quotes for the shell: '{key}=\"...\"', e.g. "
+                "'prompt=\"Hey Sam, are you free?\"' or 'data.path=\"~/my.tsv\"'.",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
 
 class CheckOutputs(Callback):

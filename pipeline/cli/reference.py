@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from pipeline.config.base import SIZE_PATTERN
+from pipeline.config.base import SIZE_PATTERN, LocalPath
 from pipeline.config.commands import SCHEMAS
 from pipeline.config.paths import CONF_DIR
 from pipeline.config.train import TrainConfig
@@ -137,6 +137,8 @@ def _describe(field: FieldInfo) -> tuple[str, str]:
     allowed = [f"`{v}`" for c in choices for v in typing.get_args(c)]
     kinds = [_type_name(a) for a in args if a is not type(None)] if args else []
     kind = " or ".join(dict.fromkeys(kinds)) if _is_union(annotation) else _type_name(annotation)
+    if LocalPath.__metadata__[0] in field.metadata:  # pydantic unwraps a required LocalPath
+        kind = "path"
     bounds = [
         f"{symbol} {getattr(m, key)}"
         for m in field.metadata
@@ -159,6 +161,8 @@ def _is_union(annotation: Any) -> bool:
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if annotation == LocalPath:
+        return "path"
     if origin is typing.Literal:
         return "choice"
     if origin in (list, tuple):

@@ -3,16 +3,27 @@ rule that fails names the key, the value and what is allowed."""
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from pipeline.errors import UserError
 
 SIZE_PATTERN = r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
 _UNITS.update(KiB=2**10, MiB=2**20, GiB=2**30)
+
+
+def _absolute(path: str) -> str:
+    """~ expanded and made absolute against the directory the command ran in, so that what a
+    run records still points at the file when it is read from elsewhere (evaluate, resume)."""
+    return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
+# A file or folder on this machine, recorded as an absolute path.
+LocalPath = Annotated[str, AfterValidator(_absolute)]
 
 
 class Group(BaseModel):

@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config.base import Group
+from pipeline.config.base import Group, LocalPath
 from pipeline.config.train import TrainConfig
 
 
 class FromCheckpoint(TrainConfig):
-    ckpt: str
+    ckpt: LocalPath
     """A run folder, a Lightning .ckpt, or an export folder in any layout model.init_from reads."""
 
     def _check_export(self) -> None:
@@ -47,7 +47,7 @@ class GenerateConfig(FromCheckpoint):
     """Sampling temperature; 0 is greedy decoding."""
     top_k: int | None = Field(default=None, gt=0)
     """Sample only among the k most likely tokens; null: all."""
-    messages: str | None = None
+    messages: LocalPath | None = None
     """A JSON file of a conversation so far ([{role, content}, ...]) that the model answers in
     its chat template, instead of prompt."""
     chat: bool | None = None

@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config.base import Group, fail
+from pipeline.config.base import Group, LocalPath, fail
 
 
 class TokenizerConfig(Group):
-    path: str | None = None
+    path: LocalPath | None = None
     """A tokenizer.json file or a directory holding one; null trains a byte-level BPE on the
     training split."""
     vocab_size: int = Field(default=8192, ge=300)
@@ -39,13 +39,13 @@ class DataConfig(Group):
     instruction or chat records, the loss on the assistant's answers."""
     format: Literal["tsv", "csv", "jsonl", "json", "text"]
     """How data.path is read (text: one example a line; json: one array of records)."""
-    path: str
+    path: LocalPath
     """The data file; val/test splits come from it unless val_path/test_path are given."""
     synthetic_examples: int | None = Field(default=None, gt=0)
     """When set, data.path is generated with this many synthetic messages if it does not exist."""
-    val_path: str | None = None
+    val_path: LocalPath | None = None
     """A separate validation file (then val_fraction is not used)."""
-    test_path: str | None = None
+    test_path: LocalPath | None = None
     """A separate test file (then test_fraction is not used)."""
     text_column: str = "text"
     """The column (or JSON key) holding the text."""

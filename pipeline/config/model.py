@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config.base import Group, fail
+from pipeline.config.base import Group, LocalPath, fail
 from pipeline.errors import UserError
 
 
@@ -35,7 +35,7 @@ class ModelConfig(Group):
     """A language model's output head shares the token embedding matrix."""
     layer_norm_eps: float = Field(default=1e-5, gt=0.0)
     """LayerNorm's epsilon."""
-    init_from: str | None = None
+    init_from: LocalPath | None = None
     """Pretrained weights: a run folder, a .ckpt, a Hugging Face directory or a weights file."""
 
     def check(self) -> None:
