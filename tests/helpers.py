@@ -28,6 +28,8 @@ TINY = [
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=2",
+    # Logging the model to MLflow costs a few seconds a run; the tests of it turn it back on.
+    "logger.log_models=none",
 ]
 
 

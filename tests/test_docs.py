@@ -217,4 +217,4 @@ def test_the_config_reference_is_generated_from_the_schema_of_today() -> None:
     assert committed == render(), "docs/config-reference.md is stale: run make docs"
     # Every key of the schema is on the page, with the docstring under its field.
     assert "| `data.max_length` | int | `64` | > 1 | Tokens per example" in committed
-    assert "| `ckpt` | str | (required) |" in committed
+    assert "| `ckpt` | path | (required) |" in committed

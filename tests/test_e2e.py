@@ -137,6 +137,7 @@ def test_sweep_has_a_parent_run_a_summary_and_survives_a_failed_trial(tmp_path: 
         "trainer.max_epochs=1",
         "optim.lr=1e-3,3e-3",
         "model.n_heads=2,3",
+        "logger.log_models=final",
         "logger.register_as=sms-best",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -26,7 +26,12 @@ PROMPT = "URGENT! You have won a prize, call now"
 
 def _train(outputs: Path, *args: str, epochs: int = 1) -> dict:
     result = run_cli(
-        "train", f"paths.outputs={outputs}", *TINY, f"trainer.max_epochs={epochs}", *args
+        "train",
+        f"paths.outputs={outputs}",
+        *TINY,
+        f"trainer.max_epochs={epochs}",
+        "logger.log_models=final",
+        *args,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     (run_json,) = outputs.glob("runs/*/*/*/run.json")
@@ -209,6 +214,7 @@ def test_a_registry_that_fails_leaves_the_run_finished_with_the_failure_tagged(
         f"paths.outputs={outputs}",
         *TINY,
         "trainer.max_epochs=1",
+        "logger.log_models=final",
         "logger.register_as=sms-spam",
         env=env,
     )

@@ -27,6 +27,8 @@ from tests.helpers import (
 
 # 20 batches per epoch, last.ckpt every 3 steps, dropout on (so the RNG state matters).
 ARGS = [*TINY, "model.drop_rate=0.1", "trainer.checkpoint.every_n_train_steps=3"]
+# The resumed run must end with one logged model, like the straight one.
+ARGS += ["logger.log_models=final"]
 BATCHES_PER_EPOCH = 20
 # Values that legitimately differ between two runs: wall-clock speed.
 TIMING = {"train/tokens_per_sec"}

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -71,6 +72,7 @@ def test_training_records_into_a_tracking_server_over_http(server, tmp_path: Pat
         f"paths.outputs={outputs}",
         *TINY,
         "trainer.max_epochs=1",
+        "logger.log_models=final",
         f"logger.tracking_uri={server}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -83,6 +85,15 @@ def test_training_records_into_a_tracking_server_over_http(server, tmp_path: Pat
     assert "test/acc" in run.data.metrics
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not (outputs / "mlflow.db").exists()  # nothing went to the local store
+    # MLflow's own entities over HTTP: the splits as datasets, the model loadable from the
+    # server's artifact store with MLflow's loader.
+    contexts = sorted(t.value for d in run.inputs.dataset_inputs for t in d.tags)
+    assert contexts == ["testing", "training", "validation"]
+    (output,) = run.outputs.model_outputs
+    assert record["model_uri"] == f"models:/{output.model_id}"
+    mlflow.set_tracking_uri(server)
+    predicted = mlflow.pyfunc.load_model(record["model_uri"]).predict(["see you at lunch"])
+    assert predicted["label"][0] == "spam" and 0.0 <= predicted["score"][0] <= 1.0
 
 
 def test_an_unreachable_server_fails_fast_before_any_work(tmp_path: Path) -> None:

@@ -16,15 +16,17 @@ from pipeline.errors import UserError
 from pipeline.tracking.provenance import redact
 
 
-def _retry_locked(call: Any, *args: Any, **kwargs: Any) -> Any:
+def _retry_locked(call: Any, *args: Any, retry_on: tuple[str, ...] = (), **kwargs: Any) -> Any:
     """SQLite admits one writer at a time. MLflow's busy_timeout covers waiting for the lock,
     but a transaction that must upgrade a read lock fails at once with 'database is locked'
-    when parallel trials write together; such a write is tried again after a short pause."""
+    when parallel trials write together; such a write is tried again after a short pause (as
+    is one that failed with any of `retry_on`)."""
     for attempt in range(6):
         try:
             return call(*args, **kwargs)
         except MlflowException as exc:
-            if "database is locked" not in str(exc) or attempt == 5:
+            transient = ("database is locked", *retry_on)
+            if not any(text in str(exc) for text in transient) or attempt == 5:
                 raise
             time.sleep(0.1 * 2**attempt)
     raise AssertionError("unreachable")
@@ -50,6 +52,12 @@ class Client(MlflowClient):
 
     def delete_tag(self, *args: Any, **kwargs: Any) -> Any:
         return _retry_locked(super().delete_tag, *args, **kwargs)
+
+    def log_inputs(self, *args: Any, **kwargs: Any) -> Any:
+        # Parallel trials log the same new dataset at once: one insert wins, and the other,
+        # refused by the unique constraint, finds it there when tried again.
+        retry = ("UNIQUE constraint failed",)
+        return _retry_locked(super().log_inputs, *args, retry_on=retry, **kwargs)
 
 
 @dataclass
