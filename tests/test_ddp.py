@@ -5,6 +5,7 @@ refused; a DDP run stopped mid-epoch resumes to the same weights."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import TINY, kill_at_step, run_cli, step_of
+from tests.helpers import TINY, app_config, kill_at_step, run_cli, step_of
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +88,16 @@ def test_lightning_ddp_inside_a_sweep_is_refused_with_what_to_do(tmp_path: Path)
     assert "re-launches the whole sweep" in result.stderr and "trainer.devices=1" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(outputs.glob("multirun/*/*/*/run.json"))
+
+
+def test_more_cpu_ranks_than_cores_are_warned_about(tmp_path: Path, capsys) -> None:
+    from pipeline.run.trainer import warn_oversubscribed
+
+    cores = os.cpu_count() or 1
+    cfg = app_config(["trainer=cpu", f"trainer.devices={cores + 1}"], tmp_path)
+    warn_oversubscribed(cfg)
+    warning = capsys.readouterr().err
+    assert f"trainer.devices={cores + 1} starts {cores + 1} training processes" in warning
+    assert f"slower than with trainer.devices={cores}" in warning
+    warn_oversubscribed(app_config(["trainer=cpu", f"trainer.devices={cores}"], tmp_path))
+    assert capsys.readouterr().err == ""

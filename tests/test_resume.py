@@ -27,8 +27,6 @@ from tests.helpers import (
 
 # 20 batches per epoch, last.ckpt every 3 steps, dropout on (so the RNG state matters).
 ARGS = [*TINY, "model.drop_rate=0.1", "trainer.checkpoint.every_n_train_steps=3"]
-# The resumed run must end with one logged model, like the straight one.
-ARGS += ["logger.log_models=final"]
 BATCHES_PER_EPOCH = 20
 # Values that legitimately differ between two runs: wall-clock speed.
 TIMING = {"train/tokens_per_sec"}
@@ -58,7 +56,7 @@ def straight(tmp_path_factory) -> tuple[Path, dict]:
     return only_run(outputs)
 
 
-def assert_same_run(outputs: Path, straight: tuple[Path, dict]) -> dict:
+def assert_same_run(outputs: Path, straight: tuple[Path, dict], models: int = 0) -> dict:
     ref_dir, reference = straight
     run_dir, record = only_run(outputs)
     assert record["status"] == "FINISHED" and record["resumed"] == 1
@@ -74,11 +72,11 @@ def assert_same_run(outputs: Path, straight: tuple[Path, dict]) -> dict:
     )
     run = MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(record["run_id"])
     assert run.info.status == "FINISHED" and "error" not in run.data.tags  # the stop is over
-    # One set of datasets and one final model, however many times the run was started.
+    # One set of datasets (and the models it logged), however many times the run was started.
     contexts = [t.value for d in run.inputs.dataset_inputs for t in d.tags]
     assert sorted(contexts) == ["testing", "training", "validation"]
-    (model,) = run.outputs.model_outputs
-    assert model.step == 2 * BATCHES_PER_EPOCH
+    steps = [m.step for m in run.outputs.model_outputs] if run.outputs else []
+    assert steps == [2 * BATCHES_PER_EPOCH] * models
     return record
 
 
@@ -161,10 +159,21 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_mark_the_run_killed(tmp_path, 
     if sig == signal.SIGINT:
         return  # the checkpoint is the same kind; one resume of it is enough
 
-    # Resumed by its MLflow run id: the same run continues and ends as if never stopped.
-    resumed = run_cli("train", f"paths.outputs={outputs}", *ARGS, f"resume={record['run_id']}")
+    # A resume that would change the model is refused, naming the change; the run stays
+    # KILLED, ready to be resumed.
+    changed = run_cli("train", f"paths.outputs={outputs}", *ARGS, "model.n_layers=3", "resume=auto")
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert "model.n_layers=3 (the run has 2)" in changed.stderr
+    assert client.get_run(record["run_id"]).info.status == "KILLED"
+
+    # Resumed by its MLflow run id alone, without the overrides it was started with (as the
+    # Ctrl-C message suggests): the run continues with its recorded settings and ends as if
+    # never stopped.
+    # Logging is one of the settings a resume takes from the command line: the final model.
+    resume = [f"resume={record['run_id']}", "logger.log_models=final"]
+    resumed = run_cli("train", f"paths.outputs={outputs}", *resume)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same_run(outputs, straight)
+    assert_same_run(outputs, straight, models=1)
 
 
 @pytest.mark.slow

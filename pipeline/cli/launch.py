@@ -83,4 +83,5 @@ def run_launch(cfg: TrainConfig):
         stop_file=stop_file(),
         callbacks=search_callbacks(),
         command=command_line(),
+        overrides=tuple(HydraConfig.get().overrides.task),
     )

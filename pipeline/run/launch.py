@@ -26,3 +26,5 @@ class Launch:
     """More Lightning callbacks (a search trial's report to its study)."""
     command: str = ""
     """The command line that started the run, credentials redacted."""
+    overrides: tuple[str, ...] = ()
+    """Its Hydra overrides (a resume keeps the run's recorded settings but for these)."""

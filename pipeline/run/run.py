@@ -20,8 +20,13 @@ from pipeline.run.distributed import weights_digest
 from pipeline.run.faults import StopOnSignal
 from pipeline.run.launch import Launch
 from pipeline.run.recorder import Recorder
-from pipeline.run.resume import Resume, locate_resume
-from pipeline.run.trainer import Fitting, check_against_data, check_devices
+from pipeline.run.resume import Resume, locate_resume, resumed_config
+from pipeline.run.trainer import (
+    Fitting,
+    check_against_data,
+    check_devices,
+    warn_oversubscribed,
+)
 from pipeline.tracking.provenance import redact_all
 
 
@@ -29,10 +34,14 @@ def train(cfg: TrainConfig, launch: Launch) -> RunRecord:
     """Run one experiment in launch.run_dir (or continue the one cfg.resume names) and return
     its record."""
     check_devices(cfg)
+    if launch.rank == 0:
+        warn_oversubscribed(cfg)
     resume = None
     if cfg.resume:
         outputs, experiment = Path(cfg.paths.outputs), cfg.logger.experiment_name
         resume = locate_resume(cfg.resume, outputs, experiment, launch.tracking_uri)
+        # Before anything is reopened: a refused resume leaves the run KILLED, as it was.
+        cfg = resumed_config(cfg, resume, launch.overrides)
     run_dir = resume.run_dir if resume else launch.run_dir
     with StopOnSignal(run_dir / "checkpoints", launch.stop_file) as stop:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -56,8 +65,9 @@ def train(cfg: TrainConfig, launch: Launch) -> RunRecord:
                 record.paths.exports = _export(cfg, trained, run_dir)
             last = run_dir / "checkpoints" / "last.ckpt"
             record.paths.last_checkpoint = str(last) if last.is_file() else None
-            if fitting.trainer.world_size > 1 and cfg.trainer.strategy.startswith("ddp"):
-                # Replicas that trained in step hold the same weights: run.rank<N>.json shows it.
+            if fitting.trainer.world_size > 1 and "fsdp" not in cfg.trainer.strategy:
+                # Replicas that trained in step hold the same weights: run.rank<N>.json shows it
+                # (whatever the strategy was called: auto with several devices is DDP too).
                 record.world_size = fitting.trainer.world_size
                 record.weights_sha256 = weights_digest(fitting.module)
     return record

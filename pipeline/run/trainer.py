@@ -3,6 +3,8 @@ LightningModule and the DataModule, fitted, then tested on the best checkpoint's
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,20 @@ def check_against_data(cfg: TrainConfig, bundle: DataBundle) -> None:
             f"{batches} training batches (per device), so validation would never run within "
             f"one. Set trainer.val_check_interval to at most {batches}, or to a fraction of an "
             "epoch such as 0.5 (1.0: once an epoch)."
+        )
+
+
+def warn_oversubscribed(cfg: TrainConfig) -> None:
+    """More CPU training processes than cores take turns on them: say so (Lightning starts
+    them without a word)."""
+    devices, cores = cfg.trainer.devices, os.cpu_count() or 1
+    on_cpu = cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available()
+    if on_cpu and isinstance(devices, int) and devices > cores:
+        print(
+            f"warning: trainer.devices={devices} starts {devices} training processes on this "
+            f"machine's {cores} CPU cores: they take turns, so the run is slower than with "
+            f"trainer.devices={cores}.",
+            file=sys.stderr,
         )
 
 
