@@ -109,6 +109,13 @@ def test_search_prunes_poor_trials_and_resumes_its_study(tmp_path: Path) -> None
     assert parent_again.info.run_id == parent.info.run_id and len(children) == 5
     assert parent_again.info.status == "FINISHED"
 
+    # The same study with other fixed settings is refused, not reported as this search's.
+    other = run_search(tmp_path, *TINY, "model.n_layers=3")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "Study 'tiny' was run with other fixed settings" in other.stderr
+    assert "this command has model.n_layers=3" in other.stderr
+    assert len(study(outputs).trials) == 6  # nothing ran
+
 
 @pytest.mark.slow
 def test_four_parallel_trials_record_four_complete_runs(tmp_path: Path) -> None:

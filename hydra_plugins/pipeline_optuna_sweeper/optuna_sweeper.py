@@ -42,6 +42,11 @@ class OptunaSweeper(Sweeper):
 
         store = s.storage(search)
         study = s.open_study(search, store)
+        try:
+            s.check_fixed(study, arguments)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
         if interrupted := s.fail_interrupted(study, store):
             print(f"Search {search.study_name}: {interrupted} interrupted trial(s) will run again.")
         space = s.distributions(search)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config.search import Search
+from pipeline.errors import UserError
 
 if TYPE_CHECKING:
     import optuna
@@ -53,6 +54,29 @@ def open_study(search: Search, store: optuna.storages.BaseStorage) -> optuna.Stu
         direction=search.direction,
         load_if_exists=True,
     )
+
+
+FIXED_ATTR = "fixed_overrides"
+
+
+def check_fixed(study: optuna.Study, arguments: list[str]) -> None:
+    """A study continues only the search that started it: the command-line settings every
+    trial shares are recorded with the study, and another set of them is refused (its trials
+    and best result would be reported as this search's)."""
+    fixed = sorted(a for a in arguments if not a.lstrip("+~").startswith("hydra"))
+    recorded = study.user_attrs.get(FIXED_ATTR)
+    if recorded is None:
+        study.set_user_attr(FIXED_ATTR, fixed)
+        return
+    if recorded != fixed:
+        had = ", ".join(a for a in recorded if a not in fixed) or "nothing more"
+        has = ", ".join(a for a in fixed if a not in recorded) or "nothing more"
+        raise UserError(
+            f"Study {study.study_name!r} was run with other fixed settings: it had {had}; this "
+            f"command has {has}. Its trials and best result belong to those settings. Start a "
+            "new study with hydra.sweeper.study_name=<new name>, or pass the study's settings "
+            "to continue it."
+        )
 
 
 def distributions(search: Search) -> dict[str, optuna.distributions.BaseDistribution]:
