@@ -152,6 +152,17 @@ def test_an_instruct_run_saves_its_template_and_answers_in_it(tmp_path) -> None:
     exact = sum(r["answer"].strip() == r["reference"].strip() for r in rows) / len(rows)
     assert metrics["test/exact_match"] == pytest.approx(exact)
     assert {"test/loss", "test/ppl", "test/token_f1"} <= set(metrics)
+    # The same in MLflow: a run of its own (the training run was not tracked) with the answers
+    # as a table.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments, "attributes.run_name = 'evaluate-test'")
+    assert run.data.metrics["test/exact_match"] == pytest.approx(exact)
+    table = client.download_artifacts(run.info.run_id, "responses.json", str(tmp_path))
+    logged = json.loads(Path(table).read_text())
+    assert logged["columns"] == ["prompt", "reference", "answer"] and len(logged["data"]) == 20
 
 
 def test_an_unreachable_judge_fails_fast_before_any_work() -> None:
