@@ -217,3 +217,18 @@ def llama_run(tool: str, *args: str) -> str:
     done = subprocess.run([str(llama_cpp(tool)), *args], capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.decode("utf-8", errors="replace")
+
+
+def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+    """Until `url` answers, as long as the server process `server` that should serve it runs."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            assert server.poll() is None, f"the server for {url} exited ({server.returncode})"
+            assert time.monotonic() < deadline, f"{url} did not answer in {timeout:.0f} s"
+            time.sleep(0.5)

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, run_cli, wait_until_up
 from tests.test_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -106,18 +105,12 @@ def test_mlflow_models_serve_answers_with_generate_s_probability(classifier) -> 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{outputs}/mlflow.db", "PATH": path}
     command = [str(mlflow_bin), "models", "serve", "-m", "models:/sms-spam@candidate"]
     command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "mlflow models serve did not start"
-                time.sleep(0.5)
+        wait_until_up(f"{url}/ping", server)
         request = urllib.request.Request(
             f"{url}/invocations",
             data=json.dumps({"inputs": [PROMPT]}).encode(),

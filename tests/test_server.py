@@ -8,14 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, run_cli, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -50,16 +49,7 @@ def server(tmp_path_factory):
         stderr=subprocess.DEVNULL,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                "mlflow server did not start"
-            )
-            time.sleep(0.5)
+    wait_until_up(f"{uri}/health", proc)
     yield uri
     proc.terminate()
     proc.wait(timeout=30)
