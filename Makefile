@@ -14,7 +14,7 @@ OUTPUTS := $(CURDIR)/outputs
 STORE := sqlite:///$(OUTPUTS)/mlflow.db
 PORT ?= 5000
 
-.PHONY: install train test sweep search ui server serve bench lint format docs llama-cpp smollm2 clean
+.PHONY: install train test fuzz sweep search ui server serve bench lint format docs llama-cpp smollm2 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# The fuzzer that trains gpt-tiny on generated combinations of settings (a few minutes; new
+# cases each time). The configuration fuzzer that only validates is in `make test`.
+fuzz: $(STAMP)
+	$(PY) -m pytest tests/test_fuzz_config.py -m fuzz $(ARGS)
 
 # A grid sweep with Hydra's multirun; pass your own grid with ARGS.
 sweep: $(STAMP)
