@@ -102,3 +102,19 @@ def test_paths_are_recorded_absolute_with_home_expanded(tmp_path, monkeypatch) -
     overrides = ["data=tsv", "data.path=my.tsv", "data.synthetic_examples=null"]
     cfg = validate(compose_config([*overrides, "data.val_path='~/my.tsv'"]), SCHEMAS["config"])
     assert cfg.data.path == cfg.data.val_path == str(tmp_path / "my.tsv")
+
+
+def test_evaluate_says_when_the_data_the_checkpoint_recorded_is_not_here(tmp_path) -> None:
+    from pipeline.errors import UserError
+    from pipeline.run.evaluation import data_config
+
+    (tmp_path / "my.tsv").write_text("label\ttext\nham\thi\n")
+    overrides = ["data=tsv", f"data.path={tmp_path / 'my.tsv'}", "data.synthetic_examples=null"]
+    cfg = validate(compose_config(overrides), SCHEMAS["config"])
+    recorded = cfg.model_dump(mode="json")
+    recorded["data"]["path"] = "my.tsv"  # as runs before this version recorded it
+    with pytest.raises(
+        UserError, match=r"trained on my.tsv \(data.path\), which does not exist here"
+    ):
+        data_config(cfg, recorded, ["ckpt=<run>"])
+    assert data_config(cfg, cfg.model_dump(mode="json"), [])[0].path == str(tmp_path / "my.tsv")

@@ -5,6 +5,7 @@ probabilities; an instruct model's answer, with exact match, token F1 and a judg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -34,7 +35,18 @@ class Evaluation:
 def data_config(cfg: TrainConfig, recorded: dict, overrides: list[str]) -> tuple[DataConfig, int]:
     """The command line's data settings if it overrides any, else the recorded run's."""
     if recorded.get("data") and not any(o.lstrip("+~").startswith("data") for o in overrides):
-        return DataConfig.model_validate(recorded["data"]), recorded.get("seed", cfg.seed)
+        data = DataConfig.model_validate(recorded["data"])
+        keys = ("path", "val_path", "test_path")
+        missing = [k for k in keys if getattr(data, k) and not Path(getattr(data, k)).is_file()]
+        if missing and not data.synthetic_examples:
+            given, here = recorded["data"][missing[0]], getattr(data, missing[0])
+            raise UserError(
+                f"The checkpoint records that it was trained on {given} (data.{missing[0]}), "
+                f"which does not exist here ({here}): a path relative to where training ran, "
+                "or a file moved since. Pass the data to evaluate on: data.path=... (with "
+                "data=<preset> and its columns if they differ)."
+            )
+        return data, recorded.get("seed", cfg.seed)
     return cfg.data, cfg.seed
 
 
