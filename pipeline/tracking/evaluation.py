@@ -22,6 +22,7 @@ from pipeline.data.bundle import SplitSource
 from pipeline.record import Status, owning_run
 from pipeline.tracking.client import Client, TrackedRun, open_experiment
 from pipeline.tracking.datasets import as_dataset, log_datasets
+from pipeline.tracking.models import final_model
 from pipeline.tracking.provenance import redact
 
 
@@ -41,12 +42,12 @@ def record_evaluation(
     client, experiment_id, parent = _place(uri, experiment_name, outputs, ckpt)
     tags = {"command": "pipeline.evaluate", "mlflow.source.name": "pipeline.evaluate"}
     if parent:
-        tags["mlflow.parentRunId"] = parent
+        tags["mlflow.parentRunId"] = parent.info.run_id
     run = client.create_run(experiment_id, tags=tags, run_name=f"evaluate-{split}")
     tracked = TrackedRun(client, run.info.run_id, experiment_id, client.tracking_uri)
     try:
         params = {"ckpt": redact(str(Path(ckpt).resolve())), "split": split}
-        model_id = _final_model(client, parent) if parent else None
+        model_id = final_model(parent) if parent else None
         dataset = as_dataset(split, source) if source else None
         if source:
             log_datasets(tracked, {split: source}, context="evaluation")
@@ -86,18 +87,11 @@ def _place(uri: str, experiment_name: str, outputs: str | Path, ckpt: str | Path
     if record and record.run_id:
         try:
             run = client.get_run(record.run_id)
-            return client, run.info.experiment_id, record.run_id
+            return client, run.info.experiment_id, run
         except MlflowException:
             pass  # recorded in another store: the evaluation stands alone in this one
     client, experiment_id = open_experiment(uri, experiment_name, outputs)
     return client, experiment_id, None
-
-
-def _final_model(client: Client, run_id: str) -> str | None:
-    """The model the training run logged last (its final export), if it logged any."""
-    outputs = client.get_run(run_id).outputs
-    models = outputs.model_outputs if outputs else []
-    return max(models, key=lambda m: m.step).model_id if models else None
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:

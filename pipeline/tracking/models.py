@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID, MLFLOW_TRACKING_URI
 from mlflow.tracking import is_tracking_uri_set
 
@@ -110,13 +111,18 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def final_model(run: Run) -> str | None:
+    """The id of the model a run logged last (its final export), if it logged any."""
+    outputs = run.outputs.model_outputs if run.outputs else []
+    return max(outputs, key=lambda output: output.step).model_id if outputs else None
+
+
 def register_best(uri: str, run_id: str, name: str, alias: str) -> str:
     """Register the final model of run `run_id` (a sweep's best trial); the version."""
     client = Client(tracking_uri=uri)
     run = client.get_run(run_id)
-    outputs = run.outputs.model_outputs if run.outputs else []
-    if not outputs:
+    final = final_model(run)
+    if final is None:
         raise ValueError(f"run {run_id} logged no model (logger.log_models=none?)")
-    final = max(outputs, key=lambda output: output.step).model_id
     tracked = TrackedRun(client, run_id, run.info.experiment_id, uri)
     return register(tracked, final, name, alias)
