@@ -13,6 +13,7 @@ from pipeline.config.train import TrainConfig
 from pipeline.data.bundle import DataBundle, build_data
 from pipeline.data.tokenizer import TextTokenizer, has_tokenizer
 from pipeline.errors import UserError
+from pipeline.model.attention import Attention
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.weights.load import load_into
 
@@ -60,12 +61,14 @@ def gpt_config(cfg: TrainConfig, bundle: DataBundle, pretrained: GPTConfig | Non
     """The model's shape: the preset and overrides, or the pretrained model's; the head from
     the task; the vocabulary from the tokenizer unless given."""
     m = cfg.model
+    attention = Attention(**m.attention.model_dump())
     if pretrained is not None:
-        shape = replace(pretrained, drop_rate=m.drop_rate)
+        shape = replace(pretrained, drop_rate=m.drop_rate, attention=attention)
     else:
         shape = GPTConfig(
-            **m.model_dump(exclude={"name", "arch", "init_from", "vocab_size"}),
+            **m.model_dump(exclude={"name", "arch", "init_from", "vocab_size", "attention"}),
             vocab_size=m.vocab_size or bundle.tokenizer.vocab_size,
+            attention=attention,
         )
     if shape.vocab_size < bundle.tokenizer.vocab_size:
         raise UserError(

@@ -11,6 +11,56 @@ from pipeline.config.base import Group, LocalPath, fail
 from pipeline.errors import UserError
 
 
+class AttentionConfig(Group):
+    """Which earlier tokens each token attends to (our GPT; see docs/sparsity.md)."""
+
+    pattern: Literal["dense", "sliding_window", "local_global", "strided"] = "dense"
+    """dense: every earlier token. sliding_window: the last `window` tokens. local_global: the
+    window plus the first `global_tokens` tokens (attention sinks). strided: the Sparse
+    Transformer's pattern, the window plus every window-th earlier token."""
+    window: int = Field(default=256, gt=0)
+    """Tokens a query sees back from itself, itself included (and the stride of strided)."""
+    global_tokens: int = Field(default=0, ge=0)
+    """local_global: the first tokens of every sequence that every token sees."""
+
+    def check(self, arch: str) -> None:
+        if self.pattern != "dense" and arch != "gpt":
+            raise fail(
+                "model.attention.pattern",
+                self.pattern,
+                "dense with model.arch=hf: a Hugging Face model attends as its own config says "
+                "(e.g. sliding_window in a Mistral config.json)",
+            )
+        if self.global_tokens and self.pattern != "local_global":
+            raise fail(
+                "model.attention.global_tokens",
+                self.global_tokens,
+                "0 unless model.attention.pattern=local_global (the only pattern that uses it)",
+            )
+        if self.pattern == "local_global" and not self.global_tokens:
+            raise fail(
+                "model.attention.global_tokens",
+                0,
+                "at least 1 with model.attention.pattern=local_global (or use sliding_window)",
+            )
+
+
+# Export layouts whose readers run dense causal attention: a sparse pattern would load there as a
+# different model.
+DENSE_ONLY_FORMATS = ("hf", "merged", "adapter", "gguf")
+
+
+def check_exportable(pattern: str, formats: list[str] | tuple[str, ...]) -> None:
+    dense_only = [f for f in formats if f in DENSE_ONLY_FORMATS]
+    if pattern != "dense" and dense_only:
+        raise UserError(
+            f"export.formats includes {', '.join(dense_only)}, but this model attends with "
+            f"model.attention.pattern={pattern}, which transformers' GPT-2 and llama.cpp cannot "
+            "express: they would load it as a different, dense model. Export it as weights "
+            "and/or onnx (export.formats=[weights,onnx]), which keep the pattern."
+        )
+
+
 class ModelConfig(Group):
     name: str
     """The preset's name (gpt-tiny, gpt-mini, gpt2-small ... gpt2-xl, hf)."""
@@ -37,8 +87,10 @@ class ModelConfig(Group):
     """LayerNorm's epsilon."""
     init_from: LocalPath | None = None
     """Pretrained weights: a run folder, a .ckpt, a Hugging Face directory or a weights file."""
+    attention: AttentionConfig = AttentionConfig()
 
     def check(self) -> None:
+        self.attention.check(self.arch)
         if self.arch == "hf" and not self.init_from:
             raise fail(
                 "model.init_from",

@@ -25,6 +25,14 @@ class MeasureConfig(Group):
     """Per targeted layer: the fraction of gradient entries with |g| < gradient_threshold."""
     gradient_threshold: float = Field(default=1e-6, gt=0.0)
     """The threshold of 'near zero' gradients."""
+    attention: bool = False
+    """Per layer and head: the share of attention probabilities below attention_eps, and the
+    attention entropy, from attention_batches validation batches (computed again with an
+    explicit softmax, which the fused kernels never materialise)."""
+    attention_eps: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    """The threshold of 'near zero' attention probabilities."""
+    attention_batches: int = Field(default=2, gt=0)
+    """Validation batches measured at each validation."""
 
 
 class SparsityConfig(Group):
@@ -78,7 +86,8 @@ class SparsityConfig(Group):
     @property
     def active(self) -> bool:
         """Whether the run needs the sparsity callback (pruning or measuring)."""
-        return self.enabled or self.measure.activations or self.measure.gradients
+        m = self.measure
+        return self.enabled or m.activations or m.gradients or m.attention
 
     @property
     def nm(self) -> tuple[int, int] | None:

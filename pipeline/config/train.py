@@ -7,7 +7,7 @@ from pipeline.config.data import DataConfig
 from pipeline.config.export import ExportConfig
 from pipeline.config.logger import LoggerConfig
 from pipeline.config.lora import LoraConfig
-from pipeline.config.model import ModelConfig, check_context
+from pipeline.config.model import ModelConfig, check_context, check_exportable
 from pipeline.config.optim import OptimConfig
 from pipeline.config.paths import PathsConfig
 from pipeline.config.sparsity import SparsityConfig
@@ -48,6 +48,7 @@ class TrainConfig(Group):
             )
 
     def _check_export(self) -> None:
+        check_exportable(self.model.attention.pattern, self.export.formats)
         if "gguf" in self.export.formats and self.data.task == "classification":
             raise fail(
                 "export.formats",

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline.build.trained import Trained
+from pipeline.config.model import check_exportable
 from pipeline.errors import UserError
 from pipeline.files import atomic_write
 from pipeline.lora import is_lora, plain_copy
@@ -41,6 +42,8 @@ def export_trained(
     from pipeline.formats.onnx import export_onnx
 
     model = trained.model.eval()
+    attention = model.metadata().get("gpt_config", {}).get("attention") or {}
+    check_exportable(attention.get("pattern", "dense"), list(formats))
     lora = is_lora(model)
     merged = functools.cache(lambda: _merged(model, trained.masks) if lora else model)
     base = functools.cache(lambda: plain_copy(model, merge=False) if lora else model)

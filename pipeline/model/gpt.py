@@ -8,12 +8,12 @@ Module names follow the texts (`tok_emb`, `trf_blocks`, `att.W_query`, `ff`, `ou
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pipeline.model.attention import Attention, attend
 from pipeline.model.heads import pool_last_token
 from pipeline.model.sampling import Generates
 
@@ -32,6 +32,12 @@ class GPTConfig:
     # None: a language model (the head predicts the vocabulary). Otherwise a classifier with
     # this many outputs (1 for binary logistic regression).
     n_outputs: int | None = None
+    # Which keys each query attends to (model.attention); checkpoints store it as a dict.
+    attention: Attention = field(default_factory=Attention)
+
+    def __post_init__(self):
+        if isinstance(self.attention, dict):
+            object.__setattr__(self, "attention", Attention(**self.attention))
 
     @property
     def head_size(self) -> int:
@@ -46,7 +52,8 @@ class GPTConfig:
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention; the softmax(QK^T/sqrt(d))V runs in PyTorch's fused SDPA kernel."""
+    """Causal self-attention under the model's attention pattern (pipeline/model/attention.py);
+    softmax(QK^T/sqrt(d))V runs in PyTorch's fused kernels."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -57,23 +64,22 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(d, d, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(d, d)
         self.dropout = cfg.drop_rate
+        self.pattern = cfg.attention
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`mask`: (batch, 1, tokens, tokens), True where a query may attend (packed rows:
-        causal within each example); None: plain causal attention."""
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values: (batch, heads, tokens, head_dim) each."""
         b, t, d = x.shape
-
-        def heads(proj: nn.Linear) -> torch.Tensor:
-            return proj(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
-
-        context = F.scaled_dot_product_attention(
-            heads(self.W_query),
-            heads(self.W_key),
-            heads(self.W_value),
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None,
+        return tuple(
+            proj(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
+            for proj in (self.W_query, self.W_key, self.W_value)
         )
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`positions`: (batch, tokens) of a packed row, restarting at 0 for each example, which
+        attends only within itself; None: positions 0..tokens-1."""
+        b, t, d = x.shape
+        dropout = self.dropout if self.training else 0.0
+        context = attend(*self.heads(x), self.pattern, positions, dropout)
         return self.out_proj(context.transpose(1, 2).reshape(b, t, d))
 
 
@@ -98,8 +104,8 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), mask))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), positions))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -173,14 +179,12 @@ class GPTModel(Generates, nn.Module):
                 f"sequence of {t} tokens is longer than the context length "
                 f"{self.cfg.context_length}"
             )
-        mask = None
+        packed = position_ids
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device)
-        else:
-            mask = packed_mask(position_ids)
         x = self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(position_ids))
         for block in self.trf_blocks:
-            x = block(x, mask)
+            x = block(x, packed)
         return self.final_norm(x)
 
     def forward(
@@ -198,13 +202,3 @@ class GPTModel(Generates, nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         # parameters() yields a tied tensor once, so the count is not doubled.
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-def packed_mask(position_ids: torch.Tensor) -> torch.Tensor:
-    """(batch, 1, tokens, tokens): causal attention confined to each example of a packed row,
-    an example starting wherever its position restarts at 0."""
-    segment = (position_ids == 0).cumsum(-1)
-    t = position_ids.shape[-1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()
-    same = segment.unsqueeze(-1) == segment.unsqueeze(-2)
-    return (same & causal).unsqueeze(1)

@@ -14,6 +14,8 @@ from pipeline import checkpoint
 from pipeline.config.sparsity import SparsityConfig
 from pipeline.data.bundle import DataBundle
 from pipeline.data.loader import Collator
+from pipeline.files import write_text
+from pipeline.sparsity.attention import AttentionStats, attention_probabilities, examples
 from pipeline.sparsity.measure import ActivationCounter, gradient_sparsity, write_report
 from pipeline.sparsity.pruner import Pruner, input_norms
 from pipeline.sparsity.schedule import Schedule
@@ -44,7 +46,10 @@ class SparsityCallback(pl.Callback):
         # masks read from the checkpoint being resumed, applied when training starts
         self._restored: dict[str, torch.Tensor] = {}
         self._hook = None
+        # The last validation's per-head attention table (markdown), for the run's report.
+        self.attention_report = ""
         self._activations: ActivationCounter | None = None
+        self._attention: AttentionStats | None = None
 
     # -- training -------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -109,23 +114,41 @@ class SparsityCallback(pl.Callback):
         if self._hook is not None:
             self._hook.remove()
         self.report = self.pruner.report()
+        if self.report_dir is not None and trainer.is_global_zero and self.attention_report:
+            write_text(self.report_dir / "attention_sparsity.md", self.attention_report)
         if self.report_dir is not None and trainer.is_global_zero:
             sizes = {n.removesuffix(".weight"): w.numel() for n, w in self.pruner.weights.items()}
             write_report(self.report, sizes, self.history, self.report_dir)
 
     # -- measurement during validation ----------------------------------------------------
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if self.cfg.measure.activations:
-            self._activations = ActivationCounter(pl_module.model, self.cfg.measure.activation_eps)
+        m = self.cfg.measure
+        if m.activations:
+            self._activations = ActivationCounter(pl_module.model, m.activation_eps)
+        if m.attention and not trainer.sanity_checking:
+            self._attention = AttentionStats(m.attention_eps)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        if self._attention is None or batch_idx >= self.cfg.measure.attention_batches:
+            return
+        # One example at a time, without padding (and apart from the others of a packed row):
+        # every layer's probabilities are held at once, gigabytes for a whole batch of an LLM.
+        for ids in examples(batch):
+            self._attention.add(attention_probabilities(pl_module.model, ids[None]))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self._activations is None:
-            return
-        fractions = self._activations.fractions()
-        self._activations.remove()
-        self._activations = None
-        if not trainer.sanity_checking:
-            metrics = {f"activation_sparsity/{k}": v for k, v in fractions.items()}
+        metrics = {}
+        if self._activations is not None:
+            fractions = self._activations.fractions()
+            self._activations.remove()
+            self._activations = None
+            if not trainer.sanity_checking:
+                metrics = {f"activation_sparsity/{k}": v for k, v in fractions.items()}
+        if self._attention is not None and self._attention.rows:
+            self.attention_report = self._attention.markdown()
+            metrics |= {f"attention_sparsity/{k}": v for k, v in self._attention.metrics().items()}
+        self._attention = None
+        if metrics:
             pl_module.log_dict(metrics, batch_size=1)
 
     # -- checkpoints ----------------------------------------------------------------------
