@@ -99,38 +99,40 @@ def blocked(
     b, h, t, d = q.shape
     w, g = attention.window, attention.global_tokens if attention.pattern == "local_global" else 0
     n = math.ceil(t / w)
-    pad = n * w - t
     g = min(g, n * w)
-    q, k, v = (F.pad(x, (0, 0, 0, pad)).view(b, h, n, w, d) for x in (q, k, v))
+
+    # Chunks become batch entries, (batch * chunks, heads, window, head_dim): SDPA's fused CPU
+    # kernel takes 4-d inputs, and one (chunks, 1, window, keys) mask serves every head.
+    def chunks(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, n * w - t)).view(b, h, n, w, d).transpose(1, 2)
 
     def with_previous(x: torch.Tensor) -> torch.Tensor:
-        previous = torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, :-1]], dim=2)
-        return torch.cat([previous, x], dim=3)
+        previous = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+        parts = [previous, x]
+        if g:  # the global tokens, attended from every chunk (and once: masked below)
+            parts.insert(
+                0,
+                x.transpose(1, 2).reshape(b, h, n * w, d)[:, None, :, :g].expand(-1, n, -1, -1, -1),
+            )
+        return torch.cat(parts, dim=3).reshape(b * n, h, -1, d)
 
-    keys, values = with_previous(k), with_previous(v)
+    q, k, v = chunks(q), chunks(k), chunks(v)
     chunk = torch.arange(n, device=q.device).view(n, 1, 1)
     query = chunk * w + torch.arange(w, device=q.device).view(1, w, 1)
     key = (chunk - 1) * w + torch.arange(2 * w, device=q.device).view(1, 1, 2 * w)
-    # The chunk before the first does not exist; global tokens are attended below, once.
+    # Keys before 0 (the first chunk's missing predecessor) and global ones are masked here.
     mask = attention.allows(query, key) & (key >= g)
     if g:
         first = torch.arange(g, device=q.device).view(1, 1, g)
-
-        def global_first(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(b, h, n * w, d)[:, :, None, :g].expand(-1, -1, n, -1, -1)
-
-        keys = torch.cat([global_first(k), keys], dim=3)
-        values = torch.cat([global_first(v), values], dim=3)
         mask = torch.cat([(first <= query).expand(n, w, g), mask], dim=-1)
-    # SDPA's fused CPU kernel takes 4-d inputs only: chunks join the heads' dimension.
     out = F.scaled_dot_product_attention(
-        q.reshape(b, h * n, w, d),
-        keys.reshape(b, h * n, -1, d),
-        values.reshape(b, h * n, -1, d),
-        attn_mask=mask.repeat(h, 1, 1),
+        q.reshape(b * n, h, w, d),
+        with_previous(k),
+        with_previous(v),
+        attn_mask=mask[:, None].repeat(b, 1, 1, 1),
         dropout_p=dropout,
     )
-    return out.reshape(b, h, n * w, d)[:, :, :t]
+    return out.view(b, n, h, w, d).transpose(1, 2).reshape(b, h, n * w, d)[:, :, :t]
 
 
 def flex(
