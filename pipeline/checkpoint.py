@@ -11,6 +11,9 @@ Beside Lightning's keys (state_dict, optimizer_states, lr_schedulers, loops, epo
 - RNG_KEY: the random generators' states, so a resumed run draws the same dropout masks.
 - SPARSITY_KEY: the sparsity masks, the schedule's step and its history.
 - TRAIN_MEANS_KEY: the training loss (and accuracy) means of the epoch so far.
+- COMPRESSION_KEY: the gradient compression's state (`method`): top-k's residuals, the
+  gradient each rank has not sent yet (`residuals`: one {parameter name: tensor} per rank),
+  or PowerSGD's count of exchanges (`step`).
 
 Version 0, before the format had a number, has the same keys; checkpoints of a newer version
 than this code knows are refused with the fix.
@@ -33,6 +36,7 @@ METADATA_KEY = "pipeline"
 RNG_KEY = "rng_states"
 SPARSITY_KEY = "sparsity"
 TRAIN_MEANS_KEY = "train_epoch_means"
+COMPRESSION_KEY = "gradient_compression"
 # The metadata's own keys; the rest of it is the model's (metadata()).
 _OWN = ("tokenizer", "label_names", "config", "lora", "base", "format_version")
 

@@ -54,6 +54,16 @@ class TrainerConfig(Group):
     """torch.compile the model."""
     enable_progress_bar: bool = True
     """The progress bar on the console."""
+    gradient_compression: Literal["none", "powersgd", "topk"] = "none"
+    """Compress the gradients DDP ranks exchange: none; powersgd (PyTorch's PowerSGD hook,
+    low-rank factors of powersgd_rank); topk (each parameter's largest topk_ratio of entries,
+    with error feedback). Needs trainer.strategy=ddp and more than one device."""
+    topk_ratio: float = Field(default=0.01, gt=0.0, lt=1.0)
+    """topk: the share of each parameter's gradient entries a rank sends per step."""
+    powersgd_rank: int = Field(default=4, ge=1)
+    """powersgd: the rank of the low-rank approximation (higher: closer to the gradient)."""
+    powersgd_start_step: int = Field(default=10, ge=2)
+    """powersgd: uncompressed all-reduce before this step (PyTorch suggests ~10% of steps)."""
     checkpoint: CheckpointConfig = CheckpointConfig()
 
     def check(self) -> None:
@@ -82,3 +92,23 @@ class TrainerConfig(Group):
             )
         if isinstance(self.devices, int) and self.devices < 1:
             raise fail("trainer.devices", self.devices, "a positive device count or 'auto'")
+        self._check_compression()
+
+    def _check_compression(self) -> None:
+        method = self.gradient_compression
+        if method == "none":
+            return
+        if self.strategy != "ddp":
+            raise fail(
+                "trainer.gradient_compression",
+                method,
+                f"none with trainer.strategy={self.strategy}: compression is a DDP communication "
+                "hook, so use trainer=ddp (trainer.strategy=ddp)",
+            )
+        if self.devices == 1 and self.num_nodes == 1:
+            raise fail(
+                "trainer.gradient_compression",
+                method,
+                "none on a single device, which exchanges no gradients; compress with "
+                "trainer.devices=2 or more",
+            )

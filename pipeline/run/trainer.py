@@ -19,6 +19,7 @@ from pipeline.config.train import TrainConfig
 from pipeline.data.bundle import DataBundle
 from pipeline.data.loader import TextDataModule
 from pipeline.errors import UserError
+from pipeline.run.compression.callback import for_trainer
 from pipeline.run.faults import (
     AtomicCheckpointIO,
     PublishAfterMetrics,
@@ -129,6 +130,9 @@ def build_trainer(
         StopOnNonFiniteLoss(checkpoint_dir),
         *extra,
     ]
+    compression = for_trainer(t, trained.model)
+    if compression:
+        callbacks.append(compression)
     if c.every_n_train_steps and c.save_last:
         # A second callback only for last.ckpt: the first one's top-k needs validation metrics.
         callbacks.append(
@@ -147,7 +151,7 @@ def build_trainer(
             accelerator=t.accelerator,
             devices=t.devices,
             num_nodes=t.num_nodes,
-            strategy=t.strategy,
+            strategy=compression.strategy() if compression else t.strategy,
             precision=t.precision,
             max_epochs=t.max_epochs,
             max_steps=t.max_steps,
