@@ -4,7 +4,8 @@ the figures to the MLflow experiment `benchmarks`.
     python -m benchmarks.run [--quick | --smoke] [--only throughput lora ...] [--outputs DIR]
 
 A benchmark is a module in this folder with a TITLE and `run(ctx: Context) -> list[Figure]`;
-add its name to BENCHMARKS to include it.
+add its name to BENCHMARKS to include it. MODES, when a module has it, names the modes it runs
+in (a real LLM's minutes are not for the smoke test).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ BENCHMARKS = [
     "gguf",
     "packing",
     "instruct",
+    "llm_pruning",
     "gpu",
 ]
 EXPERIMENT = "benchmarks"
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             start = time.perf_counter()
             entry: dict[str, Any] = {"title": module.TITLE}
             skipped = getattr(module, "skip_reason", lambda: None)()
+            if mode not in getattr(module, "MODES", (mode,)):
+                skipped = f"not run in {mode} mode (only {', '.join(module.MODES)})"
             if skipped:
                 entry["skipped"] = skipped
             else:
