@@ -79,7 +79,9 @@ def test_labels_unseen_in_training_are_refused(tmp_path: Path) -> None:
     train.write_text("label\ttext\n" + "a\tx y\nb\ty z\n" * 5)
     test.write_text("label\ttext\nc\tx\n")
     cfg = data_cfg(train, test_path=str(test), val_fraction=0.0, test_fraction=0.0)
-    with pytest.raises(UserError, match=r"test split has labels not seen in training: \['c'\]"):
+    with pytest.raises(
+        UserError, match=r"test split of .*test.tsv has labels not seen in training: \['c'\]"
+    ):
         build_data(cfg, seed=0)
 
 

@@ -7,7 +7,6 @@ trained and names its base, which `read` reads in turn (the only recursion). `lo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pipeline.errors import UserError
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.weights.detect import Layout, detect
 from pipeline.weights.gpt2 import gpt_config_from_hf
-from pipeline.weights.io import read_hf_dir, read_state_dict
+from pipeline.weights.io import read_hf_dir, read_json, read_state_dict
 from pipeline.weights.load import build_from_state, load_into
 
 
@@ -69,7 +68,7 @@ def load_pretrained(path: str | Path) -> Pretrained:
     layout, where = detect(path)
     if layout is Layout.HF:
         # Refuse other architectures before loading them (and transformers) at all.
-        gpt_config_from_hf(json.loads((where / "config.json").read_text()))
+        gpt_config_from_hf(read_json(where / "config.json"), where / "config.json")
     return _gpt_weights(read(where), path)
 
 
@@ -162,7 +161,8 @@ def from_hf_directory(directory: Path) -> Trained:
     tokenizer = TextTokenizer.load(directory) if has_tokenizer(directory) else None
     labels = config.get("pipeline_label_names") or []
     if config.get("model_type") == "gpt2":
-        model = build_from_state(gpt_config_from_hf(config), state, str(directory))
+        shape = gpt_config_from_hf(config, directory / "config.json")
+        model = build_from_state(shape, state, str(directory))
         return Trained(model, tokenizer, labels)
     from pipeline.model.hf import HFModel
 

@@ -72,8 +72,8 @@ def tokenize(
         if len(label_names) < 2:
             raise UserError(
                 f"The training split has {len(label_names)} distinct label(s) in column "
-                f"{cfg.label_column!r}; classification needs at least 2. Check "
-                "data.label_column, or use data.task=causal_lm for unlabelled text."
+                f"{cfg.label_column!r}{_of(splits['train'])}; classification needs at least 2. "
+                "Check data.label_column, or use data.task=causal_lm for unlabelled text."
             )
     label_index = {name: i for i, name in enumerate(label_names or [])}
     out: dict[str, TokenizedSplit] = {}
@@ -90,15 +90,22 @@ def tokenize(
         keep = [i for i, seq in enumerate(ids) if seq]
         unknown = sorted({records.labels[i] for i in keep} - set(label_index))
         if unknown:
+            known = [*label_names[:10], *(["..."] if len(label_names) > 10 else [])]
             raise UserError(
-                f"The {name} split has labels not seen in training: {unknown[:5]}. Known "
-                f"labels: {label_names}. Fix the data or its split."
+                f"The {name} split{_of(records)} has labels not seen in training: "
+                f"{unknown[:5]}. Known labels: {known}. Fix the data, or give every label "
+                "enough examples that the split by seed puts some in training."
             )
         out[name] = TokenizedSplit(
             [ids[i][: cfg.max_length] for i in keep],
             [label_index[records.labels[i]] for i in keep],
         )
     return DataBundle(cfg.task, tokenizer, out, list(label_names or []))
+
+
+def _of(records: Records) -> str:
+    """' of <file>' for a message about a split, when the split came from a file."""
+    return f" of {records.source}" if records.source else ""
 
 
 def _packed(ids: list[list[int]], trained: list[list[bool]], cfg: DataConfig) -> TokenizedSplit:

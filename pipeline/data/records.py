@@ -78,10 +78,16 @@ def _read(path: Path, cfg: DataConfig) -> Records:
             )
     for number, row in enumerate(rows, start=2 if cfg.format != "jsonl" else 1):
         for column in columns:
-            if row.get(column) is None:
+            value = row.get(column)
+            if value is None:
                 raise UserError(
                     f"{path}, {'line' if cfg.format == 'jsonl' else 'row'} {number}, has no "
                     f"value for column {column!r}. Fix that line or remove it."
+                )
+            if isinstance(value, list | dict):
+                raise UserError(
+                    f"{path}, line {number}, holds a JSON {type(value).__name__} in column "
+                    f"{column!r}, where text or a label belongs. Fix that line or remove it."
                 )
     texts = [str(row[cfg.text_column]) for row in rows]
     labels = [str(row[cfg.label_column]) for row in rows] if want_labels else None
@@ -121,7 +127,7 @@ def load_splits(cfg: DataConfig, seed: int) -> dict[str, Records]:
         splits["test"] = read_records(cfg.test_path, cfg)
     if not splits["train"].texts:
         raise UserError(
-            "The training split is empty. Lower data.val_fraction / data.test_fraction or "
-            "use a larger data file."
+            f"The training split of {records.source} is empty. Lower data.val_fraction / "
+            "data.test_fraction or use a larger data file."
         )
     return splits

@@ -110,9 +110,7 @@ class TextTokenizer:
         folder = path if path.is_dir() else path.parent
         eos, pad = _special_tokens(folder)
         files = {
-            name: (folder / name).read_text(encoding="utf-8")
-            for name in CONFIG_FILES
-            if (folder / name).is_file()
+            name: _read_utf8(folder / name) for name in CONFIG_FILES if (folder / name).is_file()
         }
         if path.is_dir():
             if (path / "tokenizer.json").is_file():
@@ -192,8 +190,10 @@ def _special_tokens(directory: Path) -> tuple[str, str | None]:
     if not config.is_file():
         return EOS, None
     try:
-        data = json.loads(config.read_text())
+        data = json.loads(_read_utf8(config))
     except json.JSONDecodeError:
+        return EOS, None
+    if not isinstance(data, dict):
         return EOS, None
 
     def token(value: object) -> str | None:
@@ -201,3 +201,13 @@ def _special_tokens(directory: Path) -> tuple[str, str | None]:
         return value.get("content") if isinstance(value, dict) else value  # type: ignore[return-value]
 
     return token(data.get("eos_token")) or EOS, token(data.get("pad_token"))
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); the tokenizer's files are damaged. Export or download them again."
+        ) from None

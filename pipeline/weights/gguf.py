@@ -9,13 +9,15 @@ vocabulary, merges and pre-tokenizer name, so that it splits text as llama.cpp d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,9 +26,10 @@ from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
 from pipeline.model.gpt import GPTConfig
 from pipeline.weights.gpt2 import from_hf_gpt2
-from pipeline.weights.io import StateDict
+from pipeline.weights.io import StateDict, reason
 
 MAGIC = b"GGUF"
+T = TypeVar("T")
 # transformers reads these with gguf_file=; gpt2 is ours. Others are refused by name.
 HF_ARCHITECTURES = (
     "llama",
@@ -142,15 +145,39 @@ def _reader(path: Path, mtime: int, size: int) -> Any:
             f"{path} is not a GGUF file (it does not start with the GGUF magic bytes). Pass a "
             ".gguf file written by llama.cpp, Ollama or this pipeline's gguf export."
         )
-    try:
+    with parsing(path):
         return GGUFReader(path)
-    except (ValueError, IndexError, OSError, KeyError) as exc:
+
+
+# What gguf's reader, and reading the values it found, raise on damaged bytes.
+_DAMAGED = (ValueError, IndexError, OSError, KeyError, TypeError, OverflowError)
+
+
+def _reads_gguf(read: Callable[..., T]) -> Callable[..., T]:
+    """`read(path, ...)` with a damaged file at `path` reported by `parsing`."""
+
+    @functools.wraps(read)
+    def reading(path: str | Path, *args: Any, **kwargs: Any) -> T:
+        with parsing(path):
+            return read(path, *args, **kwargs)
+
+    return reading
+
+
+@contextlib.contextmanager
+def parsing(path: Path | str) -> Iterator[None]:
+    """Reading a GGUF file's structure and values: a damaged file is a UserError naming it.
+    Values are decoded lazily, so this covers every read, not only opening the file."""
+    try:
+        yield
+    except _DAMAGED as exc:
         raise UserError(
-            f"{path} could not be read as GGUF ({str(exc).splitlines()[0]}); it is probably "
-            "truncated or corrupt. Download or export it again."
+            f"{path} could not be read as GGUF ({reason(exc)}); it is probably truncated or "
+            "corrupt. Download or export it again."
         ) from None
 
 
+@_reads_gguf
 def inspect(path: str | Path) -> GGUFFile:
     """The architecture, metadata (without the tokenizer's arrays) and tensor types of a file;
     an architecture this pipeline cannot train is refused, naming the supported ones."""
@@ -160,6 +187,7 @@ def inspect(path: str | Path) -> GGUFFile:
         for key, f in reader.fields.items()
         if not key.startswith("GGUF.") and key not in _ARRAYS
     }
+    types = Counter(t.tensor_type.name for t in reader.tensors)
     architecture = str(metadata.get("general.architecture", "?"))
     if architecture != "gpt2" and architecture not in HF_ARCHITECTURES:
         raise UserError(
@@ -167,7 +195,6 @@ def inspect(path: str | Path) -> GGUFFile:
             f"GGUF files of gpt2 (as our GPT) and of {', '.join(HF_ARCHITECTURES)} (through "
             "transformers)."
         )
-    types = Counter(t.tensor_type.name for t in reader.tensors)
     return GGUFFile(Path(path), architecture, metadata, types)
 
 
@@ -179,6 +206,7 @@ def _value(f: Any) -> Any:
     return value.tolist() if isinstance(value, np.ndarray) else value
 
 
+@_reads_gguf
 def read_gpt2(path: str | Path) -> tuple[GPTConfig, StateDict]:
     """A gpt2-architecture file as our GPT's shape and state dict, every tensor dequantized to
     float32."""
@@ -211,6 +239,7 @@ def read_gpt2(path: str | Path) -> tuple[GPTConfig, StateDict]:
     return cfg, from_hf_gpt2(hf, cfg)
 
 
+@_reads_gguf
 def read_tokenizer(path: str | Path) -> TextTokenizer:
     """The file's byte-level BPE tokenizer, its special tokens, and its chat template (kept in
     tokenizer_config.json, where transformers and our exports read it)."""

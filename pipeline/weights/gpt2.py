@@ -148,16 +148,32 @@ def hf_config(
     return config
 
 
-def gpt_config_from_hf(config: dict) -> GPTConfig:
+# config.json's shape fields, each a positive whole number.
+_SHAPE = ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer")
+
+
+def gpt_config_from_hf(config: dict, source: Path | str = "config.json") -> GPTConfig:
+    """Our GPT's shape from a GPT-2 config.json (`source`, named when a field is unusable)."""
     if config.get("model_type") != "gpt2":
         raise UserError(
-            f"config.json describes a {config.get('model_type')!r} model, and the GPT presets "
+            f"{source} describes a {config.get('model_type')!r} model, and the GPT presets "
             "read GPT-2 checkpoints (model_type 'gpt2'). Train it with model=hf "
             "model.init_from=<the same directory>."
         )
-    is_lm = "GPT2ForSequenceClassification" not in config.get("architectures", [])
+    for key in _SHAPE:
+        value = config.get(key)
+        if type(value) is not int or value < 1:
+            raise UserError(
+                f"{source} has {key}={value!r}, but a GPT-2 config.json gives it as a positive "
+                "whole number; the file is damaged or not a GPT-2 config. Export or download "
+                "the model again."
+            )
+    architectures = config.get("architectures")
+    is_lm = not isinstance(architectures, list) or (
+        "GPT2ForSequenceClassification" not in architectures
+    )
     labels = config.get("pipeline_label_names")
-    n_outputs = None if is_lm else (1 if labels and len(labels) == 2 else config["num_labels"])
+    n_outputs = None if is_lm else (1 if labels and len(labels) == 2 else config.get("num_labels"))
     return GPTConfig(
         vocab_size=config["vocab_size"],
         context_length=config["n_positions"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -53,10 +54,10 @@ def read_state_dict(path: str | Path) -> StateDict:
             f"({wants_code[0].strip()}), and unpickling arbitrary objects can run code. "
             "Convert it to .safetensors where it came from, or re-save only its state_dict."
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
+    except Exception as exc:  # torch.load on damaged bytes raises whatever its parser meets
         raise UserError(
-            f"{path} could not be read ({str(exc).splitlines()[0]}); it may be truncated or "
-            "corrupt."
+            f"{path} could not be read ({reason(exc)}); it may be truncated or corrupt. "
+            "Download or export it again."
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -82,12 +83,15 @@ def read_hf_weights(directory: str | Path) -> StateDict:
             continue
         if not name.endswith(".index.json"):
             return read_state_dict(path)
-        try:
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-            raise UserError(f"{path} is not a valid shard index ({exc}).") from None
+        weight_map = read_json(path).get("weight_map")
+        shards = set(weight_map.values()) if isinstance(weight_map, dict) else {None}
+        if not all(isinstance(s, str) and (directory / s).parent == directory for s in shards):
+            raise UserError(
+                f"{path} is not a valid shard index: its weight_map must name shard files in "
+                "the same folder. Export or download the model again."
+            )
         state: StateDict = {}
-        for shard in shards:
+        for shard in sorted(shards):
             state.update(read_state_dict(directory / shard))
         return state
     raise UserError(f"{directory} has no weights: expected one of {', '.join(HF_WEIGHT_FILES)}.")
@@ -96,11 +100,31 @@ def read_hf_weights(directory: str | Path) -> StateDict:
 def read_hf_dir(directory: str | Path) -> tuple[dict, StateDict]:
     """config.json and the weights of a Hugging Face directory."""
     directory = Path(directory)
+    return read_json(directory / "config.json"), read_hf_weights(directory)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a model's folder (config.json, a shard index), or a UserError that
+    names the file."""
     try:
-        config = json.loads((directory / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{directory / 'config.json'} is not valid JSON ({exc}).") from None
-    return config, read_hf_weights(directory)
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
+        raise UserError(
+            f"{path} could not be read as JSON ({reason(exc)}); it may be truncated or corrupt. "
+            "Download or export the model again."
+        ) from None
+    if not isinstance(content, dict):
+        raise UserError(
+            f"{path} holds a JSON {type(content).__name__}, not an object. Download or export "
+            "the model again."
+        )
+    return content
+
+
+def reason(exc: BaseException) -> str:
+    """An exception's first line for a message (its type where it has no text)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def save_safetensors(tensors: StateDict, directory: Path, max_shard_bytes: int) -> None:

@@ -56,10 +56,24 @@ def load_into(
             f"The weights in {source} do not fit the model ({'; '.join(problems)}). "
             f"{_likely_field(state, expected, mismatched, missing, missing + unexpected)}"
         )
-    model.load_state_dict(state, strict=True, assign=assign)
+    model.load_state_dict(_as_model_dtypes(state, expected, source), strict=True, assign=assign)
     if model.cfg.tie_weights and model.cfg.is_lm:
         # Assignment gives the two names separate tensors; tie them again.
         model.out_head.weight = model.tok_emb.weight
+
+
+def _as_model_dtypes(state: StateDict, expected: StateDict, source: str) -> StateDict:
+    """Floating-point tensors in the model's dtype (a float16 or bfloat16 file trains in the
+    model's precision); tensors of integers or booleans are no weights of this model."""
+    wrong = [k for k, v in state.items() if not torch.is_floating_point(v)]
+    if wrong:
+        shown = ", ".join(f"{k} ({state[k].dtype})" for k in wrong[:3])
+        raise UserError(
+            f"The weights in {source} include tensors that are not floating point ({shown}): "
+            "they are not this model's weights, or are quantized in a way this pipeline does "
+            "not read. Pass the model's floating-point weights (.safetensors, .pth or GGUF)."
+        )
+    return {k: v.to(expected[k].dtype) for k, v in state.items()}
 
 
 def _likely_field(
