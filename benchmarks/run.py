@@ -34,6 +34,7 @@ BENCHMARKS = [
     "gguf",
     "packing",
     "instruct",
+    "compression",
     "llm_pruning",
     "gpu",
 ]

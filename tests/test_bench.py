@@ -50,7 +50,8 @@ def test_smoke_suite_writes_results_and_logs_them(tmp_path: Path) -> None:
         if name == "gpu" and not torch.cuda.is_available():
             assert bench["skipped"] == "no CUDA device on this machine"
             continue
-        if name == "llm_pruning":  # SmolLM2-135M: minutes on a CPU, quick and full mode only
+        # SmolLM2-135M, and three DDP runs: minutes on a CPU, quick and full mode only.
+        if name in ("llm_pruning", "compression"):
             assert bench["skipped"] == "not run in smoke mode (only quick, full)"
             continue
         assert bench["figures"], name
