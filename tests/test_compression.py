@@ -199,6 +199,20 @@ def test_powersgd_counts_its_low_rank_factors(ranks: list[dict]) -> None:
         assert torch.equal(weight, second["powersgd_weights"][name]), name
 
 
+def test_resumed_on_other_ranks_the_held_back_gradient_is_kept() -> None:
+    from pipeline.run.compression.callback import residuals_of_rank
+
+    saved = [{"w": torch.tensor([1.0, 0.0, 4.0])}, {"w": torch.tensor([3.0, 2.0, 0.0])}]
+    assert torch.equal(residuals_of_rank(saved, 2, 1)["w"], saved[1]["w"])
+    # The update adds the mean over ranks of what each sends: what the two ranks held back
+    # reaches one rank or four as the same total.
+    held_back = (saved[0]["w"] + saved[1]["w"]) / 2
+    for world in (1, 4):
+        every = [residuals_of_rank(saved, world, r)["w"] for r in range(world)]
+        assert torch.equal(sum(every) / world, held_back)
+    assert residuals_of_rank([], 2, 0) == {}
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

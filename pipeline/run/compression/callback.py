@@ -72,20 +72,25 @@ class GradientCompression(pl.Callback):
         if isinstance(self.state, PowerSGD):
             self.state.resume_at(entry["step"])
             return
-        saved: list[dict[str, torch.Tensor]] = entry["residuals"]
-        if not saved:
-            return  # saved before the first exchange
-        if len(saved) == trainer.world_size:
-            mine = saved[trainer.global_rank]
-        else:
-            # On another number of ranks, each gets the mean: the update still receives the
-            # whole of what was held back (the residuals' mean over ranks).
-            mine = {name: sum(r[name] for r in saved) / len(saved) for name in saved[0]}
+        mine = residuals_of_rank(entry["residuals"], trainer.world_size, trainer.global_rank)
         params = self.state.params
         self.state.residuals = {
             name: tensor.to(params[name].device, params[name].dtype).clone()
             for name, tensor in mine.items()
         }
+
+
+def residuals_of_rank(
+    saved: list[dict[str, torch.Tensor]], world_size: int, rank: int
+) -> dict[str, torch.Tensor]:
+    """A rank's residuals from those a checkpoint saved for every rank. On another number of
+    ranks, each gets the mean, so that the update still receives all that was held back (the
+    mean over ranks of their residuals)."""
+    if not saved:
+        return {}  # saved before the first exchange
+    if len(saved) == world_size:
+        return saved[rank]
+    return {name: sum(r[name] for r in saved) / len(saved) for name in saved[0]}
 
 
 def _gathered(strategy: pl.strategies.Strategy, residuals: dict[str, torch.Tensor]):
