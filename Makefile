@@ -31,10 +31,13 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
-# The fuzzer that trains gpt-tiny on generated combinations of settings (a few minutes; new
-# cases each time). The configuration fuzzer that only validates is in `make test`.
+# The fuzzers (tests/test_fuzz_*.py) with FUZZ_EXAMPLES new cases each (default 50): data and
+# weight files through the library and the command line, settings and resumes that train
+# gpt-tiny (tens of minutes). `make test` runs a fixed sample of the same fuzzers.
+FUZZ_EXAMPLES ?= 50
 fuzz: $(STAMP)
-	$(PY) -m pytest tests/test_fuzz_config.py -m fuzz $(ARGS)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz_config.py tests/test_fuzz_data.py \
+		tests/test_fuzz_weights.py tests/test_fuzz_training.py -m "fuzz or not fuzz" $(ARGS)
 
 # A grid sweep with Hydra's multirun; pass your own grid with ARGS.
 sweep: $(STAMP)

@@ -10,6 +10,15 @@ class UserError(Exception):
     exit_code = 2
 
 
+# What follows the traceback of an unexpected exception: it is ours to fix, not the user's.
+BUG_REPORT = (
+    "This is a bug in the pipeline, not a mistake in your settings. Please report it as "
+    "CONTRIBUTING.md ('Reporting a bug') describes, with the command line, the traceback above "
+    "and the output of python -m pipeline.doctor; a run that had started is recorded FAILED "
+    "with the error as its `error` tag."
+)
+
+
 class Interrupted(UserError):
     """Training was stopped by a signal (SIGTERM, Ctrl-C); the message says how to resume."""
 

@@ -89,6 +89,34 @@ def gguf_file(name: str, cut: bool = False, architecture: str = "gpt2") -> Calla
     return setup
 
 
+def damaged_pickle(tmp: Path) -> None:
+    """A torch file whose pickle names a tensor in bytes that are not UTF-8 (a flipped byte)."""
+    torch.save({"tok_emb.weight": torch.zeros(600, 64)}, tmp / "flipped.pth")
+    data = bytearray((tmp / "flipped.pth").read_bytes())
+    data[data.index(b"tok_emb.weight")] ^= 0xFF
+    (tmp / "flipped.pth").write_bytes(bytes(data))
+
+
+def integer_weights(tmp: Path) -> None:
+    from safetensors.torch import save_file
+
+    from pipeline.model.gpt import GPTConfig, GPTModel
+
+    model = GPTModel(GPTConfig(600, 128, 64, n_heads=2, n_layers=2))
+    state = {k: v.to(torch.int8) for k, v in model.state_dict().items()}
+    save_file(
+        {k: v.contiguous() for k, v in state.items() if k != "out_head.weight"},
+        str(tmp / "int8.safetensors"),
+    )
+
+
+def gguf_damaged_value(tmp: Path) -> None:
+    """A GGUF file whose architecture string is not UTF-8 (gguf decodes values lazily)."""
+    gguf_file("bad.gguf")(tmp)
+    data = (tmp / "bad.gguf").read_bytes()
+    (tmp / "bad.gguf").write_bytes(data.replace(b"gpt2", b"\xff\xfegp", 1))
+
+
 class _RunsCode:
     """A pickle that would run a shell command when loaded without weights_only."""
 
@@ -237,6 +265,19 @@ CASES: dict[str, Case] = {
         r"line 4, is not UTF-8 text \(byte 0xe9",
         write("d.tsv", tsv(demo_rows()[:2]).encode() + "caf\u00e9\tham\n".encode("latin-1")),
     ),
+    "JSON list where text belongs": Case(
+        "data=jsonl data.synthetic_examples=null data.path={tmp}/d.jsonl",
+        r"d.jsonl, line 2, holds a JSON list in column 'text'",
+        write("d.jsonl", '{"text": "a", "label": "x"}\n{"text": ["b"], "label": "y"}\n'),
+    ),
+    "a label only the test split has": Case(
+        "data=tsv data.synthetic_examples=null data.path={tmp}/d.tsv data.test_path={tmp}/t.tsv",
+        r"test split of .*t.tsv has labels not seen in training: \['eggs'\]",
+        lambda tmp: (
+            write("d.tsv", tsv(demo_rows()))(tmp),
+            write("t.tsv", tsv([("x", "eggs")]))(tmp),
+        ),
+    ),
     "text longer than the context (data.long_sequences=error)": Case(
         "data.max_length=4 data.long_sequences=error",
         r"longer than data.max_length=4 tokens.*data.long_sequences=truncate",
@@ -250,6 +291,34 @@ CASES: dict[str, Case] = {
         "model.init_from={tmp}/junk.pth",
         r"junk.pth could not be read.*truncated or corrupt",
         write("junk.pth", b"not a weights file at all" * 10),
+    ),
+    "a damaged torch file": Case(
+        "model.init_from={tmp}/flipped.pth",
+        r"flipped.pth could not be read \(.*\); it may be truncated or corrupt",
+        damaged_pickle,
+    ),
+    "weights that are not floating point": Case(
+        "model.init_from={tmp}/int8.safetensors",
+        r"int8.safetensors include tensors that are not floating point \(.*torch.int8",
+        integer_weights,
+    ),
+    "config.json that is not JSON": Case(
+        "model.init_from={tmp}/hf",
+        r"hf/config.json could not be read as JSON",
+        write("hf/config.json", '{"model_type": "gpt2", '),
+    ),
+    "config.json with a shape field of the wrong type": Case(
+        "model.init_from={tmp}/hf",
+        r"hf/config.json has n_embd='64', but a GPT-2 config.json gives it as a positive whole",
+        write(
+            "hf/config.json",
+            '{"model_type": "gpt2", "vocab_size": 600, "n_positions": 128, "n_embd": "64"}',
+        ),
+    ),
+    "GGUF with a damaged value": Case(
+        "model.init_from={tmp}/bad.gguf",
+        r"bad.gguf could not be read as GGUF .*truncated or corrupt",
+        gguf_damaged_value,
     ),
     "a pickle that would run code": Case(
         "model.init_from={tmp}/evil.pth", r"Refused to load .*evil.pth.*can run code", code_pickle
@@ -398,3 +467,63 @@ def test_a_diverged_loss_is_found_at_its_step_however_late_it_is_read(
             state = torch.load(checkpoint, weights_only=True)["state_dict"]
             assert all(torch.isfinite(v).all() for v in state.values()), checkpoint
     assert messages["late"] == messages["at once"]
+
+
+def test_a_resume_that_would_train_forever_is_refused(tmp_path: Path, capsys) -> None:
+    """A resume takes the loop's length from the command line and the rest from the run: a run
+    of trainer.max_epochs=null resumed with trainer.max_steps=-1 would never end. The merged
+    settings are validated like a command line's."""
+    from tests.helpers import train_in_process
+
+    train_in_process(["trainer.max_epochs=null", "trainer.max_steps=2"], tmp_path)
+    args = [f"paths.outputs={tmp_path}/outputs", f"resume={tmp_path}/run", "trainer.max_steps=-1"]
+    code, stderr = run_train(args, capsys)
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    assert re.search(r"^error: .*trainer.max_steps=-1 .*would never end", stderr, re.M), stderr
+
+
+def test_a_bug_shows_its_traceback_where_to_report_it_and_leaves_the_run_failed(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """An exception that is no UserError is ours: its traceback, then where to report it; the
+    run is FAILED with the exception as its error tag (a fault injected into the step)."""
+    from pipeline.run.module import GPTLightningModule
+
+    def broken_step(self, batch, batch_idx):
+        raise RuntimeError("a fault injected into training_step")
+
+    monkeypatch.setattr(GPTLightningModule, "training_step", broken_step)
+    outputs = tmp_path / "outputs"
+    code, stderr = run_train([f"paths.outputs={outputs}", *TINY], capsys)
+    assert code == 1, stderr
+    assert "Traceback" in stderr
+    assert "RuntimeError: a fault injected into training_step" in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: This is a bug in the pipeline")
+    assert "CONTRIBUTING.md" in stderr
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: a fault injected into training_step"
+    (record,) = outputs.glob("runs/*/*/*/run.json")
+    assert '"status": "FAILED"' in record.read_text()
+
+
+def test_a_setting_lightning_refuses_only_once_fitting_starts_is_one_paragraph(
+    tmp_path: Path,
+) -> None:
+    """Lightning refuses a validation interval longer than an epoch only in fit(), with a
+    traceback; the run refuses it earlier (row above), and were a check like it missing,
+    pipeline/run/refusals.py turns Lightning's refusal into the one-paragraph error."""
+    from pipeline.build.model import build_model
+    from pipeline.errors import UserError
+    from pipeline.run.faults import StopOnSignal
+    from pipeline.run.trainer import Fitting
+    from tests.helpers import app_config
+
+    cfg = app_config([*TINY, "logger=none", "trainer.val_check_interval=500"], tmp_path / "o")
+    trained, bundle = build_model(cfg)
+    with StopOnSignal(tmp_path / "checkpoints") as stop:
+        fitting = Fitting(cfg, trained, bundle, tmp_path, None, stop, [])
+        with pytest.raises(UserError, match=r"^Lightning refused the trainer settings: .*500"):
+            fitting.fit(None)

@@ -19,7 +19,7 @@ from pipeline.config.paths import CONF_DIR
 from pipeline.config.train import TrainConfig
 from pipeline.config.validate import validate
 from pipeline.errors import UserError
-from tests.helpers import TINY, compose_config
+from tests.helpers import compose_config
 
 
 def leaf_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
@@ -78,57 +78,6 @@ def test_any_value_on_any_key_is_accepted_or_refused_in_one_sentence(composed, d
         message = str(exc)
         assert "\n" not in message.strip() or message.startswith("Config error"), message
         assert "Traceback" not in message
-
-
-# Keys whose values interact with each other and with the data: lengths against batches and
-# context, fractions that sum past 1, schedules against run length, task against packing.
-TRAINING = st.fixed_dictionaries(
-    {
-        "optim.batch_size": st.sampled_from([1, 7, 64, 500]),
-        "optim.accumulate_grad_batches": st.sampled_from([1, 3, 40]),
-        "optim.warmup_steps": st.sampled_from([0, 2, 10_000]),
-        "data.max_length": st.sampled_from([2, 16, 64, 1000]),
-        "data.val_fraction": st.sampled_from([0.0, 0.1, 0.5, 0.9]),
-        "data.test_fraction": st.sampled_from([0.0, 0.1, 0.5]),
-        "trainer.max_steps": st.sampled_from([1, 3]),
-        "trainer.val_check_interval": st.sampled_from([1, 5, 0.5, 1.0]),
-        "data.task": st.sampled_from(["classification", "causal_lm"]),
-        "data.packing": st.booleans(),
-    }
-)
-
-
-@pytest.mark.fuzz
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-    # New cases on every `make fuzz`; a failure is printed with the values to reproduce it.
-    derandomize=False,
-)
-@given(values=TRAINING)
-def test_interacting_settings_train_or_are_refused_without_a_traceback(
-    values, tmp_path_factory, capsys
-) -> None:
-    """Each combination trains (gpt-tiny, 1-3 steps) or is refused in one sentence: never a
-    traceback, a run left RUNNING, or a half-written file."""
-    from tests.test_bad_input import run_train
-
-    outputs = tmp_path_factory.mktemp("fuzz") / "outputs"
-    args = [
-        f"paths.outputs={outputs}",
-        *[a for a in TINY if not a.startswith("optim.batch_size")],
-        "trainer.max_epochs=null",
-        *[f"{key}={value}" for key, value in values.items()],
-    ]
-    code, stderr = run_train(args, capsys)
-    assert "Traceback" not in stderr, stderr[-3000:]
-    assert code in (0, 2), stderr[-3000:]
-    if code == 2:
-        assert stderr.strip().splitlines()[-1].startswith("error: "), stderr[-3000:]
-    assert not list(outputs.parent.rglob("*.tmp")), "a half-written file was left"
-    for record in outputs.glob("runs/*/*/*/run.json"):
-        assert '"status": "RUNNING"' not in record.read_text(), record
 
 
 INSTRUCT_ONLY = {"data.template", "data.train_on", "data.fields"}

@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from pipeline.cli.launch import stop_file
 from pipeline.config.commands import SCHEMAS
 from pipeline.config.paths import CONF_DIR, PROJECT_ROOT
 from pipeline.config.validate import validate
-from pipeline.errors import Interrupted, TrialPruned, UserError
+from pipeline.errors import BUG_REPORT, Interrupted, TrialPruned, UserError
 from pipeline.record import RunRecord, Status
 from pipeline.sweeps import stop as sweep_stop
 
@@ -65,7 +66,9 @@ def hydra_command(config_name: str) -> Callable[[Callable[[Any], Any]], Callable
                     # One failed trial is recorded and the sweep goes on.
                     return _record_failed_trial(exc)
                 if not isinstance(exc, UserError):
-                    raise
+                    traceback.print_exc()
+                    print(f"error: {BUG_REPORT}", file=sys.stderr)
+                    sys.exit(1)
                 _discard_empty_run_dir()
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(exc.exit_code)

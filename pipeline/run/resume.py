@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline import checkpoint as ckpt_format
 from pipeline.config.train import TrainConfig
+from pipeline.config.validate import validate
 from pipeline.errors import UserError
 from pipeline.record import RunRecord, Status
 from pipeline.tracking.client import is_run_id, run_dir_of
@@ -110,7 +111,9 @@ def resumed_config(cfg: TrainConfig, resume: Resume, overrides: Iterable[str]) -
             "trainer.max_steps, trainer.devices, logger.*, ...). Drop them to resume the run, "
             "or start a new run without resume=."
         )
-    return type(cfg).model_validate(_nested(merged))
+    # Validated as a command line is: the run's values with this one's may break a rule
+    # between keys (max_epochs=null from the run, max_steps=-1 from here: endless training).
+    return validate(_nested(merged), type(cfg))
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,7 +11,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from pipeline import checkpoint
 from pipeline.build.trained import Trained
@@ -28,6 +27,7 @@ from pipeline.run.faults import (
 )
 from pipeline.run.module import GPTLightningModule
 from pipeline.run.progress import ProgressBar
+from pipeline.run.refusals import lightning_refusals
 from pipeline.run.resume import Resume
 from pipeline.sparsity.callback import for_run
 
@@ -146,7 +146,7 @@ def build_trainer(
         )
     if t.enable_progress_bar:
         callbacks.append(ProgressBar())
-    try:
+    with lightning_refusals():
         trainer = pl.Trainer(
             accelerator=t.accelerator,
             devices=t.devices,
@@ -168,12 +168,6 @@ def build_trainer(
             plugins=[io],
             default_root_dir=run_dir,
         )
-    except (MisconfigurationException, ValueError) as exc:
-        raise UserError(
-            f"Lightning refused the trainer settings: {str(exc).rstrip('.')}. Check trainer.strategy, "
-            "trainer.devices and trainer.precision (python -m pipeline.doctor shows what this "
-            "machine supports)."
-        ) from None
     return trainer, best
 
 
@@ -232,14 +226,16 @@ class Fitting:
         if resume:
             self.datamodule.resume_mid_epoch(checkpoint.batches_done(resume.checkpoint))
             ckpt_path = resume.checkpoint
-        self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        with lightning_refusals():
+            self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=ckpt_path)
         self.stop.agree(self.trainer)
         if self.stop.signum is not None:
             # The signal came during the last validation: training is over, the run is not.
             raise self.stop.error()
         if self.has_val and not any(k.startswith("val/") for k in self.trainer.callback_metrics):
             # max_steps ended the run before the first scheduled validation.
-            self.trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
+            with lightning_refusals():
+                self.trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
         return self.metrics()
 
     def load_best(self) -> str | None:
@@ -255,7 +251,8 @@ class Fitting:
 
     def test(self) -> dict[str, float]:
         if self.has_test:
-            self.trainer.test(self.module, datamodule=self.datamodule, verbose=False)
+            with lightning_refusals():
+                self.trainer.test(self.module, datamodule=self.datamodule, verbose=False)
         return self.metrics()
 
     def metrics(self) -> dict[str, float]:
