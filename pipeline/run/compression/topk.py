@@ -63,13 +63,14 @@ def topk_hook(state: TopK, bucket: dist.GradBucket) -> torch.futures.Future[torc
         state.residuals[name] = corrected[start : start + size].view(state.params[name].shape)
         start += size
 
-    payload = torch.cat([index.to(INDEX).view(torch.uint8), values.view(torch.uint8)])
+    sent_index = index.to(INDEX)
+    payload = torch.cat([sent_index.view(torch.uint8), values.view(torch.uint8)])
     state.traffic.add(payload.numel(), buffer.numel() * buffer.element_size())
     group = state.process_group
     world = dist.get_world_size(group)
     gathered = [torch.empty_like(payload) for _ in range(world)]
     work = dist.all_gather(gathered, payload, group=group, async_op=True)
-    split = index.numel() * torch.empty((), dtype=INDEX).element_size()
+    split = sent_index.numel() * sent_index.element_size()
 
     def combine(_: torch.futures.Future) -> torch.Tensor:
         dense = torch.zeros_like(buffer)
