@@ -25,8 +25,8 @@ from pipeline.build.restore import load_pretrained, load_trained
 from pipeline.errors import UserError
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.weights.load import load_into
-from tests.fuzzing import fuzz_settings
-from tests.helpers import train_in_process
+from tests.fuzzing import check_outcome, fuzz_only_settings, fuzz_settings
+from tests.helpers import TINY, run_cli, train_in_process
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8, torch.bool]
 MAGICS = [b"GGUF", b"PK\x03\x04", b"\x80\x02", b"\x00" * 8, b"\xff" * 8, b"{}"]
@@ -191,9 +191,28 @@ def load_or_refuse(reader: str, path: Path) -> None:
     assert torch.is_floating_point(logits), logits.dtype
 
 
-@fuzz_settings(suite_examples=100)
+@fuzz_settings(suite_examples=60)
 @given(plan=PLANS)
 def test_a_damaged_weights_file_loads_or_is_refused_naming_the_file(
     sources, tmp_path_factory, plan
 ) -> None:
     load_or_refuse(*damaged(plan, sources, tmp_path_factory.mktemp("damaged")))
+
+
+@pytest.mark.fuzz
+@fuzz_only_settings(default_examples=30)
+@given(plan=PLANS)
+def test_a_damaged_weights_file_on_the_command_line(sources, tmp_path_factory, capsys, plan):
+    """End to end: `train model.init_from=<file>` (in this process) or `evaluate ckpt=<file>`."""
+    from tests.test_bad_input import run_train
+
+    folder = tmp_path_factory.mktemp("damaged")
+    reader, path = damaged(plan, sources, folder)
+    outputs = folder / "outputs"
+    if reader == "ckpt":
+        result = run_cli("evaluate", f"ckpt={path}", f"paths.outputs={outputs}", "logger=none")
+        code, stderr = result.returncode, result.stderr
+    else:
+        args = [f"paths.outputs={outputs}", *TINY, "data=demo_lm", "trainer.max_steps=1"]
+        code, stderr = run_train([*args, f"model.init_from={path}"], capsys)
+    check_outcome(code, stderr, outputs)

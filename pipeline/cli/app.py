@@ -153,6 +153,9 @@ def _discard_empty_run_dir() -> None:
 def _record_failed_trial(exc: Exception) -> dict[str, str]:
     """The trial's run.json says FAILED and why (the run itself writes one once it started)."""
     message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, UserError):
+        traceback.print_exc()
+        print(f"error: {BUG_REPORT}", file=sys.stderr)
     print(f"error: trial failed: {message}", file=sys.stderr)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if RunRecord.read(run_dir) is None:
