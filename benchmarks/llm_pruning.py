@@ -38,7 +38,7 @@ class Size:
     steps: int  # fine-tuning optimizer steps, batch 4
 
 
-SIZES = {"quick": Size(128, 32, 16, 6), "full": Size(256, 64, 16, 10)}
+SIZES = {"quick": Size(128, 32, 16, 6), "full": Size(256, 64, 16, 8)}
 # method, pattern, what scales |W| (none: magnitude's ranking over the whole layer), label.
 # Magnitude within each row (Wanda with every ||X_j|| = 1) tells Wanda's two differences
 # from magnitude apart: its comparison group, and the activation norms.
