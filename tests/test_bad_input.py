@@ -270,6 +270,14 @@ CASES: dict[str, Case] = {
         r"d.jsonl, line 2, holds a JSON list in column 'text'",
         write("d.jsonl", '{"text": "a", "label": "x"}\n{"text": ["b"], "label": "y"}\n'),
     ),
+    "a chat turn whose role is a list": Case(
+        "data=instruct data.synthetic_examples=null data.path={tmp}/d.jsonl data.format=jsonl",
+        r"d.jsonl, line 1: unknown role \['human'\]; the roles are system, human",
+        write(
+            "d.jsonl",
+            '{"conversations": [{"from": ["human"], "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n',
+        ),
+    ),
     "a label only the test split has": Case(
         "data=tsv data.synthetic_examples=null data.path={tmp}/d.tsv data.test_path={tmp}/t.tsv",
         r"test split of .*t.tsv has labels not seen in training: \['eggs'\]",

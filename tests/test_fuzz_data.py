@@ -1,6 +1,7 @@
 """Property-based fuzzing of data files (Hypothesis): TSV, CSV, JSONL and text files in other
 encodings, with stray delimiters and quotes, empty and huge fields, JSON values of the wrong
-type, mixed line endings, missing columns, cut short or empty, fed to the data loading path
+type, mixed line endings, missing columns, cut short or empty, and instruction data (JSON and
+JSONL conversations in three spellings, turns of the wrong type), fed to the data loading path
 (pipeline/data/: reading, splitting, the tokenizer, token ids). Each file loads or is refused
 with a UserError of one paragraph that names the file; any other exception would reach the user
 as a traceback.
@@ -23,12 +24,13 @@ from pipeline.errors import UserError
 from tests.fuzzing import check_outcome, fuzz_only_settings, fuzz_settings
 from tests.helpers import TINY, app_config
 
-FORMATS = {"tsv": "\t", "csv": ",", "jsonl": None, "text": None}
+FORMATS = {"tsv": "\t", "csv": ",", "jsonl": None, "text": None, "json": None}
 ENCODINGS = ["utf-8", "utf-8-sig", "latin-1", "cp1252", "utf-16", "utf-16-le"]
 # Fields that break naive readers: quotes, delimiters, NUL, a BOM, JSON-looking text, a field
 # beyond csv's 128 KiB limit, whitespace only.
 NASTY = ['"', '""', '"a', 'a"b', "\t", ",", "\x00", "\ufeff", "{", "null", "é€", " ", ""]
-HUGE = "x" * 140_000
+# Beyond csv's field limit (128 KiB); words, so that training the tokenizer on it stays quick.
+HUGE = "cash " * 28_000
 CELLS = st.one_of(
     st.text(max_size=30),
     st.sampled_from([*NASTY, HUGE]),
@@ -41,10 +43,47 @@ JSON_VALUES = st.one_of(
 HEADERS = ["text{d}label", "label{d}text", "text", "sms{d}label", "text{d}label{d}extra", ""]
 
 
+# Instruction data in its three spellings; now and then one turn or field of the wrong type.
+ROLES = st.sampled_from(["system", "user", "human", "gpt", "bot", 3, None, ["user"], {"a": 1}])
+SPELLINGS = {"messages": ("role", "content", ["user", "assistant"])}
+SPELLINGS["conversations"] = ("from", "value", ["human", "gpt"])
+
+
+@st.composite
+def records(draw: st.DrawFn) -> object:
+    spelling = draw(st.sampled_from(["messages", "conversations", "instruction", "junk"]))
+    damaged = draw(st.integers(0, 3)) == 0
+    if spelling == "junk":
+        return draw(JSON_VALUES)
+    if spelling == "instruction":
+        record = {"instruction": draw(CELLS), "input": draw(CELLS), "output": draw(CELLS)}
+        if damaged:
+            key = draw(st.sampled_from(sorted(record)))
+            record[key] = draw(JSON_VALUES)
+        return record
+    role_key, text_key, roles = SPELLINGS[spelling]
+    turns: list = [
+        {role_key: roles[i % 2], text_key: draw(CELLS)} for i in range(draw(st.integers(1, 4)))
+    ]
+    if damaged:
+        turn = turns[draw(st.integers(0, len(turns) - 1))]
+        turn[draw(st.sampled_from([role_key, text_key]))] = draw(st.one_of(ROLES, JSON_VALUES))
+    return {spelling: turns}
+
+
 @st.composite
 def data_files(draw: st.DrawFn) -> tuple[str, str, bytes]:
     """(format, task, the file's bytes)."""
     fmt = draw(st.sampled_from(sorted(FORMATS)))
+    if fmt in ("jsonl", "json") and draw(st.booleans()):
+        rows = draw(st.lists(records(), max_size=20))
+        if fmt == "json":
+            content = json.dumps(rows)
+        else:
+            content = "".join(json.dumps(r) + draw(st.sampled_from(["\n", "\r\n"])) for r in rows)
+        return fmt, "instruct", content.encode()
+    if fmt == "json":  # an array of records is for instruction data only
+        fmt = "jsonl"
     task = "causal_lm" if fmt == "text" else draw(st.sampled_from(["classification", "causal_lm"]))
     rows = draw(st.lists(st.tuples(CELLS, st.sampled_from(["spam", "ham", "", "1"])), max_size=40))
     if fmt == "jsonl":
@@ -91,7 +130,7 @@ def configs(tmp_path_factory: pytest.TempPathFactory) -> Configs:
     placeholder = outputs / "placeholder"
     placeholder.write_text("text\tlabel\n")
     configs = Configs()
-    for fmt in FORMATS:
+    for fmt in ("tsv", "csv", "jsonl", "text"):
         task = "causal_lm" if fmt == "text" else "classification"
         args = [*TINY, f"data={fmt}", f"data.path={placeholder}", f"data.task={task}"]
         args += ["data.synthetic_examples=null", "data.max_length=64"]
@@ -100,12 +139,17 @@ def configs(tmp_path_factory: pytest.TempPathFactory) -> Configs:
         configs[fmt, task] = cfg = app_config(args, outputs)
         lm = cfg.data.model_copy(update={"task": "causal_lm", "label_column": None})
         configs[fmt, "causal_lm"] = cfg.model_copy(update={"data": lm})
+    args = [*TINY, "data=instruct", f"data.path={placeholder}", "data.max_length=64"]
+    args.append("data.synthetic_examples=null")
+    for fmt in ("jsonl", "json"):
+        configs[fmt, "instruct"] = app_config([*args, f"data.format={fmt}"], outputs)
     return configs
 
 
 def load_or_refuse(cfg: TrainConfig, path: Path) -> None:
     """The data loading path on `path`: loads, or raises a UserError naming the file."""
     data = cfg.data.model_copy(update={"path": str(path)})
+    assert not data.synthetic_examples, "the demo data would overwrite the fuzzed file"
     try:
         build_data(data, cfg.seed)
     except UserError as exc:
@@ -139,7 +183,8 @@ def test_a_malformed_data_file_trains_or_is_refused_on_the_command_line(
     path = folder / f"data.{fmt}"
     path.write_bytes(data)
     outputs = folder / "outputs"
-    args = [f"paths.outputs={outputs}", *TINY, "trainer.max_epochs=1", f"data={fmt}"]
+    preset = ["data=instruct", f"data.format={fmt}"] if task == "instruct" else [f"data={fmt}"]
+    args = [f"paths.outputs={outputs}", *TINY, "trainer.max_epochs=1", *preset]
     args += [f"data.path={path}", f"data.task={task}", "data.synthetic_examples=null"]
     args.append("data.max_length=64")
     if task == "causal_lm":

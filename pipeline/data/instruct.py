@@ -97,7 +97,8 @@ def _turn(
     if not isinstance(message, dict) or role_key not in message or text_key not in message:
         raise UserError(f"{where}: every turn needs {role_key!r} and {text_key!r}.")
     role = message[role_key]
-    role = roles.get(role, role) if roles else role
+    if isinstance(role, str):  # a list or an object cannot name a role (nor be looked up)
+        role = roles.get(role, role) if roles else role
     if role not in ("system", "user", "assistant"):
         known = ", ".join(roles) if roles else "system, user, assistant"
         raise UserError(f"{where}: unknown role {message[role_key]!r}; the roles are {known}.")
