@@ -6,7 +6,7 @@ is refused in one paragraph: never a traceback, a run left RUNNING, a KILLED run
 or a half-written file.
 
 These train, so they run under `make fuzz` (new cases each time, FUZZ_EXAMPLES of them); the
-suite runs a fixed sample of two combinations on one device."""
+suite runs a fixed sample of six combinations on one device."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def run_combination(values: dict[str, object], outputs: Path, capsys) -> None:
     check_outcome(code, stderr, outputs)
 
 
-@fuzz_settings(suite_examples=2)
+@fuzz_settings(suite_examples=6)
 @given(values=combinations((LORA, SPARSITY, EXPORT)))
 def test_a_sample_of_settings_trains_or_is_refused(values, tmp_path_factory, capsys) -> None:
     """The suite's fixed sample, on one device."""
