@@ -29,5 +29,11 @@ class Interrupted(UserError):
         self.exit_code = 128 + signum
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, to quote in a message (its type where it has no text)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class TrialPruned(Exception):
     """A search trial stopped early by the pruner: recorded as PRUNED, not as a failure."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 
 # Lightning refuses settings with MisconfigurationException, or with a plain ValueError raised
 # by its own code; a ValueError from anywhere else is a bug and keeps its traceback.
@@ -25,8 +25,7 @@ def lightning_refusals() -> Iterator[None]:
     except (MisconfigurationException, ValueError) as exc:
         if not isinstance(exc, MisconfigurationException) and not _raised_by_lightning(exc):
             raise
-        lines = str(exc).strip().splitlines()
-        reason = (lines[0] if lines else type(exc).__name__).strip().rstrip(".")
+        reason = first_line(exc).rstrip(".")
         raise UserError(
             f"Lightning refused the trainer settings: {reason}. Check trainer.strategy, "
             "trainer.devices, trainer.precision and trainer.val_check_interval (python -m "

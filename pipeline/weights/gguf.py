@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from pipeline.data.tokenizer import TextTokenizer
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.model.gpt import GPTConfig
 from pipeline.weights.gpt2 import from_hf_gpt2
-from pipeline.weights.io import StateDict, reason
+from pipeline.weights.io import StateDict
 
 MAGIC = b"GGUF"
 T = TypeVar("T")
@@ -172,7 +172,7 @@ def parsing(path: Path | str) -> Iterator[None]:
         yield
     except _DAMAGED as exc:
         raise UserError(
-            f"{path} could not be read as GGUF ({reason(exc)}); it is probably truncated or "
+            f"{path} could not be read as GGUF ({first_line(exc)}); it is probably truncated or "
             "corrupt. Download or export it again."
         ) from None
 

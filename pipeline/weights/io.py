@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.files import atomic_write, write_json
 
 StateDict = dict[str, torch.Tensor]
@@ -56,7 +56,7 @@ def read_state_dict(path: str | Path) -> StateDict:
         ) from None
     except Exception as exc:  # torch.load on damaged bytes raises whatever its parser meets
         raise UserError(
-            f"{path} could not be read ({reason(exc)}); it may be truncated or corrupt. "
+            f"{path} could not be read ({first_line(exc)}); it may be truncated or corrupt. "
             "Download or export it again."
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -110,7 +110,7 @@ def read_json(path: Path) -> dict[str, Any]:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
         raise UserError(
-            f"{path} could not be read as JSON ({reason(exc)}); it may be truncated or corrupt. "
+            f"{path} could not be read as JSON ({first_line(exc)}); it may be truncated or corrupt. "
             "Download or export the model again."
         ) from None
     if not isinstance(content, dict):
@@ -119,12 +119,6 @@ def read_json(path: Path) -> dict[str, Any]:
             "the model again."
         )
     return content
-
-
-def reason(exc: BaseException) -> str:
-    """An exception's first line for a message (its type where it has no text)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def save_safetensors(tensors: StateDict, directory: Path, max_shard_bytes: int) -> None:
