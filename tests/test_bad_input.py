@@ -117,6 +117,22 @@ def gguf_damaged_value(tmp: Path) -> None:
     (tmp / "bad.gguf").write_bytes(data.replace(b"gpt2", b"\xff\xfegp", 1))
 
 
+def hf_folder_with_layers(n_layer: int) -> Callable[[Path], None]:
+    """A GPT-2 export of gpt-tiny (2 blocks) whose config.json says `n_layer`."""
+
+    def setup(tmp: Path) -> None:
+        import json
+
+        from pipeline.model.gpt import GPTConfig, GPTModel
+        from pipeline.weights.gpt2 import save_hf
+
+        save_hf(GPTModel(GPTConfig(600, 128, 64, n_heads=2, n_layers=2)), tmp / "hf")
+        config = json.loads((tmp / "hf" / "config.json").read_text())
+        (tmp / "hf" / "config.json").write_text(json.dumps({**config, "n_layer": n_layer}))
+
+    return setup
+
+
 class _RunsCode:
     """A pickle that would run a shell command when loaded without weights_only."""
 
@@ -322,6 +338,11 @@ CASES: dict[str, Case] = {
             "hf/config.json",
             '{"model_type": "gpt2", "vocab_size": 600, "n_positions": 128, "n_embd": "64"}',
         ),
+    ),
+    "config.json with a layer count its weights do not have": Case(
+        "model.init_from={tmp}/hf",
+        r"hf/config.json has n_layer=1000000000, but the weights beside it hold 2 blocks",
+        hf_folder_with_layers(10**9),
     ),
     "GGUF with a damaged value": Case(
         "model.init_from={tmp}/bad.gguf",

@@ -162,6 +162,15 @@ def from_hf_directory(directory: Path) -> Trained:
     labels = config.get("pipeline_label_names") or []
     if config.get("model_type") == "gpt2":
         shape = gpt_config_from_hf(config, directory / "config.json")
+        # A block's attention input, in GPT-2's naming or ours.
+        blocks = sum(key.endswith(("attn.c_attn.weight", "att.W_query.weight")) for key in state)
+        if blocks != shape.n_layers:
+            # Before building: a damaged n_layer (1e9) would take forever to build.
+            raise UserError(
+                f"{directory / 'config.json'} has n_layer={shape.n_layers}, but the weights "
+                f"beside it hold {blocks} blocks: the folder's files do not belong together. "
+                "Export or download the model again."
+            )
         model = build_from_state(shape, state, str(directory))
         return Trained(model, tokenizer, labels)
     from pipeline.model.hf import HFModel
