@@ -10,7 +10,6 @@ at all when the mistake is caught before training, else one FAILED run with the 
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import signal
@@ -24,6 +23,16 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tests.bad_files import (
+    code_pickle,
+    damaged_pickle,
+    gguf_damaged_value,
+    gguf_file,
+    gpt_weights,
+    hf_folder_with_layers,
+    integer_weights,
+    truncated_weights,
+)
 from tests.helpers import TINY, run_cli
 
 TSV_ROWS = [f"message number {i} {'win cash' if i % 3 else 'see you'}" for i in range(60)]
@@ -44,107 +53,6 @@ def write(name: str, content: str | bytes) -> Callable[[Path], None]:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
 
     return setup
-
-
-def gpt_weights(name: str, emb_dim: int) -> Callable[[Path], None]:
-    def setup(tmp: Path) -> None:
-        from pipeline.model.gpt import GPTConfig, GPTModel
-
-        model = GPTModel(GPTConfig(600, 128, emb_dim, n_heads=2, n_layers=2))
-        torch.save(model.state_dict(), tmp / name)
-
-    return setup
-
-
-def truncated_weights(tmp: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({"tok_emb.weight": torch.randn(600, 64)}, tmp / "whole.safetensors")
-    data = (tmp / "whole.safetensors").read_bytes()
-    (tmp / "cut.safetensors").write_bytes(data[: len(data) // 2])
-
-
-def gguf_file(name: str, cut: bool = False, architecture: str = "gpt2") -> Callable[[Path], None]:
-    """A small GGUF file written with gguf's writer: whole, cut in half, or of another
-    architecture."""
-
-    def setup(tmp: Path) -> None:
-        import logging
-
-        import gguf
-        import numpy as np
-
-        logging.getLogger("gguf").setLevel(logging.WARNING)
-        path = tmp / name
-        writer = gguf.GGUFWriter(path, architecture)
-        writer.add_block_count(1)
-        writer.add_tensor("token_embd.weight", np.zeros((600, 64), dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        if cut:
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-    return setup
-
-
-def damaged_pickle(tmp: Path) -> None:
-    """A torch file whose pickle names a tensor in bytes that are not UTF-8 (a flipped byte)."""
-    torch.save({"tok_emb.weight": torch.zeros(600, 64)}, tmp / "flipped.pth")
-    data = bytearray((tmp / "flipped.pth").read_bytes())
-    data[data.index(b"tok_emb.weight")] ^= 0xFF
-    (tmp / "flipped.pth").write_bytes(bytes(data))
-
-
-def integer_weights(tmp: Path) -> None:
-    from safetensors.torch import save_file
-
-    from pipeline.model.gpt import GPTConfig, GPTModel
-
-    model = GPTModel(GPTConfig(600, 128, 64, n_heads=2, n_layers=2))
-    state = {k: v.to(torch.int8) for k, v in model.state_dict().items()}
-    save_file(
-        {k: v.contiguous() for k, v in state.items() if k != "out_head.weight"},
-        str(tmp / "int8.safetensors"),
-    )
-
-
-def gguf_damaged_value(tmp: Path) -> None:
-    """A GGUF file whose architecture string is not UTF-8 (gguf decodes values lazily)."""
-    gguf_file("bad.gguf")(tmp)
-    data = (tmp / "bad.gguf").read_bytes()
-    (tmp / "bad.gguf").write_bytes(data.replace(b"gpt2", b"\xff\xfegp", 1))
-
-
-def hf_folder_with_layers(n_layer: int) -> Callable[[Path], None]:
-    """A GPT-2 export of gpt-tiny (2 blocks) whose config.json says `n_layer`."""
-
-    def setup(tmp: Path) -> None:
-        import json
-
-        from pipeline.model.gpt import GPTConfig, GPTModel
-        from pipeline.weights.gpt2 import save_hf
-
-        save_hf(GPTModel(GPTConfig(600, 128, 64, n_heads=2, n_layers=2)), tmp / "hf")
-        config = json.loads((tmp / "hf" / "config.json").read_text())
-        (tmp / "hf" / "config.json").write_text(json.dumps({**config, "n_layer": n_layer}))
-
-    return setup
-
-
-class _RunsCode:
-    """A pickle that would run a shell command when loaded without weights_only."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def code_pickle(tmp: Path) -> None:
-    torch.save({"tok_emb.weight": torch.zeros(2), "x": _RunsCode(tmp / "pwned")}, tmp / "evil.pth")
 
 
 @dataclass
@@ -496,63 +404,3 @@ def test_a_diverged_loss_is_found_at_its_step_however_late_it_is_read(
             state = torch.load(checkpoint, weights_only=True)["state_dict"]
             assert all(torch.isfinite(v).all() for v in state.values()), checkpoint
     assert messages["late"] == messages["at once"]
-
-
-def test_a_resume_that_would_train_forever_is_refused(tmp_path: Path, capsys) -> None:
-    """A resume takes the loop's length from the command line and the rest from the run: a run
-    of trainer.max_epochs=null resumed with trainer.max_steps=-1 would never end. The merged
-    settings are validated like a command line's."""
-    from tests.helpers import train_in_process
-
-    train_in_process(["trainer.max_epochs=null", "trainer.max_steps=2"], tmp_path)
-    args = [f"paths.outputs={tmp_path}/outputs", f"resume={tmp_path}/run", "trainer.max_steps=-1"]
-    code, stderr = run_train(args, capsys)
-    assert code == 2, stderr
-    assert "Traceback" not in stderr
-    assert re.search(r"^error: .*trainer.max_steps=-1 .*would never end", stderr, re.M), stderr
-
-
-def test_a_bug_shows_its_traceback_where_to_report_it_and_leaves_the_run_failed(
-    tmp_path: Path, capsys, monkeypatch
-) -> None:
-    """An exception that is no UserError is ours: its traceback, then where to report it; the
-    run is FAILED with the exception as its error tag (a fault injected into the step)."""
-    from pipeline.run.module import GPTLightningModule
-
-    def broken_step(self, batch, batch_idx):
-        raise RuntimeError("a fault injected into training_step")
-
-    monkeypatch.setattr(GPTLightningModule, "training_step", broken_step)
-    outputs = tmp_path / "outputs"
-    code, stderr = run_train([f"paths.outputs={outputs}", *TINY], capsys)
-    assert code == 1, stderr
-    assert "Traceback" in stderr
-    assert "RuntimeError: a fault injected into training_step" in stderr
-    assert stderr.strip().splitlines()[-1].startswith("error: This is a bug in the pipeline")
-    assert "CONTRIBUTING.md" in stderr
-    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert run.info.status == "FAILED"
-    assert run.data.tags["error"] == "RuntimeError: a fault injected into training_step"
-    (record,) = outputs.glob("runs/*/*/*/run.json")
-    assert '"status": "FAILED"' in record.read_text()
-
-
-def test_a_setting_lightning_refuses_only_once_fitting_starts_is_one_paragraph(
-    tmp_path: Path,
-) -> None:
-    """Lightning refuses a validation interval longer than an epoch only in fit(), with a
-    traceback; the run refuses it earlier (row above), and were a check like it missing,
-    pipeline/run/refusals.py turns Lightning's refusal into the one-paragraph error."""
-    from pipeline.build.model import build_model
-    from pipeline.errors import UserError
-    from pipeline.run.faults import StopOnSignal
-    from pipeline.run.trainer import Fitting
-    from tests.helpers import app_config
-
-    cfg = app_config([*TINY, "logger=none", "trainer.val_check_interval=500"], tmp_path / "o")
-    trained, bundle = build_model(cfg)
-    with StopOnSignal(tmp_path / "checkpoints") as stop:
-        fitting = Fitting(cfg, trained, bundle, tmp_path, None, stop, [])
-        with pytest.raises(UserError, match=r"^Lightning refused the trainer settings: .*500"):
-            fitting.fit(None)

@@ -59,7 +59,9 @@ DEVICES = {
     "trainer.precision": st.sampled_from(["32-true", "bf16-mixed", "16-mixed"]),
     "trainer.accelerator": st.sampled_from(["auto", "cpu"]),
 }
-EXPORT = {"export.formats": st.lists(st.sampled_from(EXPORT_FORMATS), max_size=3, unique=True)}
+# Mostly formats any model exports; gguf (language models) and adapter/merged (LoRA) now and then.
+FORMATS = [*["hf", "weights", "onnx"] * 3, *EXPORT_FORMATS]
+EXPORT = {"export.formats": st.lists(st.sampled_from(FORMATS), max_size=2, unique=True)}
 
 
 @st.composite

@@ -1,0 +1,111 @@
+"""Damaged and unusual weight files for the bad-input table (tests/test_bad_input.py): each a
+function that writes its file into a test's folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def gpt_weights(name: str, emb_dim: int) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        from pipeline.model.gpt import GPTConfig, GPTModel
+
+        model = GPTModel(GPTConfig(600, 128, emb_dim, n_heads=2, n_layers=2))
+        torch.save(model.state_dict(), tmp / name)
+
+    return setup
+
+
+def truncated_weights(tmp: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"tok_emb.weight": torch.randn(600, 64)}, tmp / "whole.safetensors")
+    data = (tmp / "whole.safetensors").read_bytes()
+    (tmp / "cut.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def gguf_file(name: str, cut: bool = False, architecture: str = "gpt2") -> Callable[[Path], None]:
+    """A small GGUF file written with gguf's writer: whole, cut in half, or of another
+    architecture."""
+
+    def setup(tmp: Path) -> None:
+        import logging
+
+        import gguf
+        import numpy as np
+
+        logging.getLogger("gguf").setLevel(logging.WARNING)
+        path = tmp / name
+        writer = gguf.GGUFWriter(path, architecture)
+        writer.add_block_count(1)
+        writer.add_tensor("token_embd.weight", np.zeros((600, 64), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        if cut:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    return setup
+
+
+def damaged_pickle(tmp: Path) -> None:
+    """A torch file whose pickle names a tensor in bytes that are not UTF-8 (a flipped byte)."""
+    torch.save({"tok_emb.weight": torch.zeros(600, 64)}, tmp / "flipped.pth")
+    data = bytearray((tmp / "flipped.pth").read_bytes())
+    data[data.index(b"tok_emb.weight")] ^= 0xFF
+    (tmp / "flipped.pth").write_bytes(bytes(data))
+
+
+def integer_weights(tmp: Path) -> None:
+    from safetensors.torch import save_file
+
+    from pipeline.model.gpt import GPTConfig, GPTModel
+
+    model = GPTModel(GPTConfig(600, 128, 64, n_heads=2, n_layers=2))
+    state = {k: v.to(torch.int8) for k, v in model.state_dict().items()}
+    save_file(
+        {k: v.contiguous() for k, v in state.items() if k != "out_head.weight"},
+        str(tmp / "int8.safetensors"),
+    )
+
+
+def gguf_damaged_value(tmp: Path) -> None:
+    """A GGUF file whose architecture string is not UTF-8 (gguf decodes values lazily)."""
+    gguf_file("bad.gguf")(tmp)
+    data = (tmp / "bad.gguf").read_bytes()
+    (tmp / "bad.gguf").write_bytes(data.replace(b"gpt2", b"\xff\xfegp", 1))
+
+
+def hf_folder_with_layers(n_layer: int) -> Callable[[Path], None]:
+    """A GPT-2 export of gpt-tiny (2 blocks) whose config.json says `n_layer`."""
+
+    def setup(tmp: Path) -> None:
+        import json
+
+        from pipeline.model.gpt import GPTConfig, GPTModel
+        from pipeline.weights.gpt2 import save_hf
+
+        save_hf(GPTModel(GPTConfig(600, 128, 64, n_heads=2, n_layers=2)), tmp / "hf")
+        config = json.loads((tmp / "hf" / "config.json").read_text())
+        (tmp / "hf" / "config.json").write_text(json.dumps({**config, "n_layer": n_layer}))
+
+    return setup
+
+
+class _RunsCode:
+    """A pickle that would run a shell command when loaded without weights_only."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def code_pickle(tmp: Path) -> None:
+    torch.save({"tok_emb.weight": torch.zeros(2), "x": _RunsCode(tmp / "pwned")}, tmp / "evil.pth")
