@@ -33,6 +33,7 @@ BENCHMARKS = [
     "sparsity",
     "gguf",
     "packing",
+    "attention",
     "instruct",
     "compression",
     "llm_pruning",
