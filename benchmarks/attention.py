@@ -1,19 +1,17 @@
 """Sparse attention (model.attention.pattern=sliding_window, window 256) against dense causal
 attention (issue 17): forward + backward of the attention alone at 512 to 4096 tokens, a whole
-training step of the pipeline's own loop on a gpt-mini-shaped model at the longest length, and
-the attention's peak memory.
+training step of the pipeline's own loop on a gpt-mini-shaped model.
 
 The attention is timed on GPT-2 small's head shape (12 heads of 64) for one sequence. On a
 CPU the sliding window runs the pipeline's blocked kernel (exact; SDPA over chunks of the
 window); on a GPU, FlexAttention. Dense is PyTorch's fused causal SDPA, the default path.
-Memory is the growth of the peak resident set of a fresh process over the computation, on a
-CPU (torch's CUDA peak on a GPU).
+Memory is not a figure: both kernels are fused and keep O(tokens) per head for the backward
+(dense SDPA its log-sum-exp, the window its chunks), and a process's peak resident set did not
+resolve the difference from torch's own import.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import resource
 import time
 
 import torch
@@ -56,34 +54,6 @@ def attention_seconds(tokens: int, attention: Attention, repeats: int = 3) -> fl
     return best
 
 
-def _peak_growth(tokens: int, attention: Attention, out) -> None:
-    q, k, v = _qkv(tokens)
-    if q.is_cuda:
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.max_memory_allocated()
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    attend(q, k, v, attention).sum().backward()
-    synchronize()
-    after = (
-        torch.cuda.max_memory_allocated()
-        if q.is_cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
-    out.put(after - before)
-
-
-def peak_memory_mb(tokens: int, attention: Attention) -> float:
-    """Growth of the peak memory over one forward + backward, in a fresh process."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_peak_growth, args=(tokens, attention, queue))
-    process.start()
-    grown = queue.get(timeout=600)
-    process.join()
-    return grown / 2**20
-
-
 def step_seconds(ctx: Context, tokens: int, attention: Attention) -> float:
     """Seconds per optimizer step of the pipeline's training loop: gpt-mini's shape with a
     context of `tokens`, one sequence a batch."""
@@ -123,12 +93,6 @@ def run(ctx: Context) -> list[Figure]:
                 target,
             )
         )
-    longest = lengths[-1]
-    memory = {
-        name: peak_memory_mb(longest, a) for name, a in (("dense", dense), ("window", window))
-    }
-    for name, mb in memory.items():
-        figures.append(Figure(f"attention peak memory, {longest} tokens, {name}", "MiB", [mb]))
     s = interleave(
         {
             "dense": lambda: step_seconds(ctx, step_tokens, dense),
