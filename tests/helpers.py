@@ -168,17 +168,27 @@ def randomize(model: Any) -> Any:
     return model.eval()
 
 
-def tiny_llama(directory: Path, tokenizer: TextTokenizer) -> None:
-    """A small random Llama (grouped-query attention) saved as a Hugging Face directory."""
+def llama_config(vocab_size: int, **overrides: Any):
+    """A small Llama's config: 2 layers, 4 heads sharing 2 key/value heads (grouped-query)."""
     import transformers
 
-    config = transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
+    shape = dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return transformers.LlamaConfig(vocab_size=vocab_size, **{**shape, **overrides})
+
+
+def tiny_llama(directory: Path, tokenizer: TextTokenizer) -> None:
+    """A small random Llama (grouped-query attention) saved as a Hugging Face directory."""
+    import transformers
+
+    config = llama_config(
+        tokenizer.vocab_size,
         max_position_embeddings=128,
         eos_token_id=tokenizer.eos_id,
         bos_token_id=tokenizer.eos_id,

@@ -22,7 +22,7 @@ from pipeline.model.attention import Attention, blocked, flex, masked
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.model.hf import HFModel
 from pipeline.sparsity.attention import AttentionStats, attention_probabilities, examples
-from tests.helpers import TINY, app_config, train_config
+from tests.helpers import TINY, app_config, llama_config, train_config
 from tests.test_pretrained import check_onnx
 
 PATTERNS = [
@@ -176,16 +176,7 @@ def test_attention_sparsity_is_measured_exactly_on_our_gpt(attention: Attention)
 
 
 def test_attention_sparsity_is_measured_exactly_on_a_transformers_llama() -> None:
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = HFModel(transformers.LlamaForCausalLM(config).eval(), None)
+    model = HFModel(transformers.LlamaForCausalLM(llama_config(64)).eval(), None)
     uniform_attention(model)
     stats = AttentionStats(eps=0.1)
     stats.add(attention_probabilities(model, torch.randint(0, 64, (1, 12))))

@@ -12,23 +12,14 @@ from pipeline.data.loader import Collator
 from pipeline.model.hf import HFModel
 from pipeline.sparsity.pruner import Pruner, input_norms
 from pipeline.sparsity.targets import linear_layers, target_layers
-from tests.helpers import randomize
+from tests.helpers import llama_config, randomize
 
 PAD = 0
 
 
 @pytest.fixture(scope="module")
 def llama() -> HFModel:
-    config = transformers.LlamaConfig(
-        vocab_size=61,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-    )
+    config = llama_config(61, intermediate_size=48, pad_token_id=PAD)
     torch.manual_seed(0)
     return HFModel(randomize(transformers.LlamaForCausalLM(config)), None)
 
