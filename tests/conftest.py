@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,19 @@ def store_template(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture
 def outputs(tmp_path: Path) -> Path:
     return tmp_path / "outputs"
+
+
+@pytest.fixture(autouse=True)
+def root_logging():
+    """Each test leaves the root logger's handlers as it found them. Hydra's job logging binds
+    its handler to the sys.stdout of the run that configured it: in a test with capsys that
+    stream is closed when the test ends, and the next test's first log line printed a
+    'Logging error' traceback into its captured stderr."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
