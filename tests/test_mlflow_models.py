@@ -159,6 +159,28 @@ def test_a_language_model_logs_every_kept_checkpoint_and_greedy_text(tmp_path: P
     assert early.startswith("Free entry")  # the step-20 model loads and generates too
 
 
+def test_the_last_training_step_ignores_system_metrics_sample_counts(tmp_path: Path) -> None:
+    """A model is logged at the run's last training step, and a resume skips metrics up to
+    it; MLflow's system metrics count samples in their step, which a slow run (0.2 s samples
+    under load) pushed past the training's last step, so the final model was logged at step 80
+    of a 60-step run."""
+    import shutil
+
+    from pipeline.tracking.client import Client, TrackedRun
+    from pipeline.tracking.runs import last_step
+    from tests.helpers import STORE
+
+    shutil.copyfile(STORE["template"], tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = Client(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("steps"))
+    tracked = TrackedRun(client, run.info.run_id, run.info.experiment_id, uri)
+    assert last_step(tracked) == -1
+    client.log_metric(run.info.run_id, "train/loss", 1.0, step=60)
+    client.log_metric(run.info.run_id, "system/cpu_utilization_percentage", 50.0, step=80)
+    assert last_step(tracked) == 60
+
+
 def test_evaluate_is_a_run_nested_under_the_training_run_with_its_table(classifier) -> None:
     outputs, record = classifier
     result = run_cli("evaluate", f"ckpt={record['paths']['run_dir']}", f"paths.outputs={outputs}")

@@ -95,10 +95,13 @@ def reopen_run(uri: str, run_id: str) -> TrackedRun:
 
 
 def last_step(run: TrackedRun) -> int:
-    """The highest step of any metric already in the run (-1 for a new run)."""
+    """The highest training step of any metric already in the run (-1 for a new run).
+    MLflow's system metrics (system/...) are left out: their step counts samples, one every
+    logger.system_metrics_interval_s, and a slow run's count passed its last training step."""
     steps = [
         m.step
         for key in run.client.get_run(run.run_id).data.metrics
+        if not key.startswith("system/")
         for m in run.client.get_metric_history(run.run_id, key)
     ]
     return max(steps, default=-1)
