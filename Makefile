@@ -28,8 +28,11 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m pipeline.train $(ARGS)
 
+# Test files are spread over TEST_WORKERS processes (pytest-xdist; each file stays in one, so
+# its module fixtures are built once). TEST_WORKERS=0 runs them in this process, in order.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The fuzzers (tests/test_fuzz_*.py) with FUZZ_EXAMPLES new cases each (default 50): data and
 # weight files through the library and the command line, settings and resumes that train
@@ -77,8 +80,11 @@ lint: $(STAMP)
 # llama.cpp's tools (llama-tokenize, llama-simple, llama-perplexity), built from the sources
 # vendored in llama-cpp-python's sdist into a cache outside the clone (no prebuilt wheel runs on
 # glibc 2.36). The GGUF tests run them against our exports; .ci/run builds them first.
+# GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2 (ARM: its baseline) instead of this one:
+# a native build on a virtual Xeon that lists AVX-512 and AMX died with SIGILL (illegal
+# instruction) in its AMX path for q8_0 files, and a cache shared with other CPUs would too.
 LLAMA_CPP_VERSION := 0.3.36
-LLAMA_CPP := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/gpt-finetune-pipeline/llama.cpp-$(LLAMA_CPP_VERSION)
+LLAMA_CPP := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/gpt-finetune-pipeline/llama.cpp-$(LLAMA_CPP_VERSION)-portable
 LLAMA_TOOLS := llama-tokenize llama-simple llama-perplexity
 llama-cpp: $(LLAMA_CPP)/bin/llama-perplexity
 
@@ -87,7 +93,7 @@ $(LLAMA_CPP)/bin/llama-perplexity: | $(STAMP)
 	$(PY) -m pip download --quiet --no-deps --no-binary=:all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(LLAMA_CPP).tmp
 	tar xzf $(LLAMA_CPP).tmp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_CPP).tmp
 	cmake -S $(LLAMA_CPP).tmp/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp -B $(LLAMA_CPP).tmp/build \
-		-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF \
 		-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > $(LLAMA_CPP).tmp/cmake.log
 	cmake --build $(LLAMA_CPP).tmp/build -j $$(nproc) --target $(LLAMA_TOOLS) > $(LLAMA_CPP).tmp/build.log
 	mkdir -p $(LLAMA_CPP)/bin

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -25,16 +26,27 @@ def outputs(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def root_logging():
-    """Each test leaves the root logger's handlers as it found them. Hydra's job logging binds
-    its handler to the sys.stdout of the run that configured it: in a test with capsys that
-    stream is closed when the test ends, and the next test's first log line printed a
-    'Logging error' traceback into its captured stderr."""
+def process_state():
+    """Each test leaves what it changes of this process's shared state as it found it, since
+    make test runs the files of one worker in whatever order it is given them.
+
+    - The root logger's handlers: Hydra's job logging binds its handler to the sys.stdout of
+      the run that configured it; in a test with capsys that stream is closed when the test
+      ends, and the next test's first log line printed a 'Logging error' traceback.
+    - MLflow's tracking URI: mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, which the
+      next in-process command read as the user's store and recorded its run there.
+    """
+    import mlflow
+
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    environ = dict(os.environ)
     yield
     for handler in root.handlers:
         if handler not in handlers:
             handler.close()
     root.handlers[:] = handlers
     root.setLevel(level)
+    mlflow.set_tracking_uri(None)
+    os.environ.clear()
+    os.environ.update(environ)

@@ -203,7 +203,7 @@ LLAMA_CPP_BIN = Path(
     os.environ.get("LLAMA_CPP_BIN")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     / "gpt-finetune-pipeline"
-    / "llama.cpp-0.3.36"
+    / "llama.cpp-0.3.36-portable"
     / "bin"
 )
 

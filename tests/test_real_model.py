@@ -35,10 +35,9 @@ def ours(smollm2):
 def test_smollm2_reads_as_transformers_and_llama_cpp_read_it(smollm2, ours) -> None:
     transformers.logging.set_verbosity_error()
     folder, file = smollm2.parent, smollm2.name
+    # The weights are dequantized by transformers' own GGUF loader (a second load to compare
+    # with would cost 20 s of the suite); the tokenizer is ours, rebuilt from the file.
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=file, dtype=torch.float32
-    ).eval()
     for prompt in PROMPTS:
         ids = ours.tokenizer.encode(prompt)
         assert ids == tokenizer(prompt)["input_ids"], prompt
@@ -47,10 +46,6 @@ def test_smollm2_reads_as_transformers_and_llama_cpp_read_it(smollm2, ours) -> N
             "llama-tokenize", "-m", str(smollm2), "-p", prompt, "--ids", "--log-disable"
         )
         assert out.strip() == str(ids), prompt
-        with torch.no_grad():
-            assert torch.allclose(
-                ours.model(torch.tensor([ids])), model(torch.tensor([ids])).logits
-            )
     assert ours.model.hf.config.num_hidden_layers == 30 and ours.tokenizer.eos == "<|im_end|>"
     answer = ours.model.generate(
         torch.tensor([ours.tokenizer.encode(CHAT)]), 8, temperature=0, eos_id=ours.tokenizer.eos_id
@@ -81,17 +76,17 @@ def test_smollm2_fine_tuned_with_lora_exports_gguf_that_reads_back(smollm2, ours
     ids = torch.tensor([ours.tokenizer.encode(CHAT)])
     with torch.no_grad():
         reference = merged(ids)
-        for kind, tolerance in {"f16": 0.1, "q8_0": 1.5}.items():
-            back = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=f"model-{kind}.gguf", dtype=torch.float32
-            ).eval()
-            logits = back(ids).logits
-            assert (logits - reference).abs().max() < tolerance, kind
-            assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9, kind
+        # f16 read back by transformers; q8_0 (next) by llama.cpp, which serves it.
+        back = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file="model-f16.gguf", dtype=torch.float32
+        ).eval()
+        logits = back(ids).logits
+        assert (logits - reference).abs().max() < 0.1
+        assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9
     modelfile = (folder / "Modelfile").read_text()
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>assistant" in modelfile
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in modelfile
-    answer = llama_run("llama-simple", "-m", str(folder / "model-f16.gguf"), "-n", "8", CHAT)
+    answer = llama_run("llama-simple", "-m", str(folder / "model-q8_0.gguf"), "-n", "8", CHAT)
     assert "Paris" in answer
 
 
