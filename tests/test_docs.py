@@ -10,7 +10,6 @@ A block that must not be composed (it shows a mistake on purpose) is preceded by
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 import shlex
 from collections.abc import Iterator
@@ -181,9 +180,6 @@ def first_value(override: Override) -> str:
     ("command", "overrides"), [pytest.param(c, o, id=where) for where, c, o in examples()]
 )
 def test_example_composes(command: str, overrides: list[str]) -> None:
-    slurm_plugin = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher")
-    if "hydra/launcher=slurm" in overrides and slurm_plugin is None:
-        pytest.skip("hydra/launcher=slurm needs the cluster extra (hydra-submitit-launcher)")
     parsed = OverridesParser.create().parse_overrides(overrides)
     single = [first_value(o) if o.is_sweep_override() else o.input_line for o in parsed]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
