@@ -15,7 +15,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import TINY, run_cli, wait_until_up
+from pipeline.tracking.client import TrackedRun, open_experiment
+from pipeline.tracking.runs import last_step
+from tests.helpers import TINY, run_cli, seed_store, wait_until_up
 from tests.test_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -164,17 +166,11 @@ def test_the_last_training_step_ignores_system_metrics_sample_counts(tmp_path: P
     it; MLflow's system metrics count samples in their step, which a slow run (0.2 s samples
     under load) pushed past the training's last step, so the final model was logged at step 80
     of a 60-step run."""
-    import shutil
-
-    from pipeline.tracking.client import Client, TrackedRun
-    from pipeline.tracking.runs import last_step
-    from tests.helpers import STORE
-
-    shutil.copyfile(STORE["template"], tmp_path / "mlflow.db")
+    seed_store([f"paths.outputs={tmp_path}"])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = Client(tracking_uri=uri)
-    run = client.create_run(client.create_experiment("steps"))
-    tracked = TrackedRun(client, run.info.run_id, run.info.experiment_id, uri)
+    client, experiment_id = open_experiment(uri, "steps", tmp_path)
+    run = client.create_run(experiment_id)
+    tracked = TrackedRun(client, run.info.run_id, experiment_id, uri)
     assert last_step(tracked) == -1
     client.log_metric(run.info.run_id, "train/loss", 1.0, step=60)
     client.log_metric(run.info.run_id, "system/cpu_utilization_percentage", 50.0, step=80)
