@@ -65,8 +65,8 @@ def run(ctx: Context) -> list[Figure]:
 
 
 def _model(ctx: Context):
-    from pipeline.build.restore import load_trained
-    from pipeline.build.trained import Trained
+    from pipeline.assembly.restore import load_trained
+    from pipeline.assembly.trained import Trained
     from pipeline.data.tokenizer import TextTokenizer
     from pipeline.fetch import fetch_smollm2
     from pipeline.formats import export_trained

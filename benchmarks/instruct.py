@@ -20,8 +20,8 @@ SIZES["full"] = SIZES["quick"]
 
 
 def run(ctx: Context) -> list[Figure]:
-    from pipeline.build.model import build_model
-    from pipeline.build.restore import load_trained
+    from pipeline.assembly.model import build_model
+    from pipeline.assembly.restore import load_trained
     from pipeline.fetch import fetch_smollm2
     from pipeline.run.launch import Launch
     from pipeline.run.run import train
@@ -58,7 +58,7 @@ def run(ctx: Context) -> list[Figure]:
 
 def _scores(trained, cfg, max_new_tokens: int) -> dict[str, float]:
     from pipeline.data.records import load_splits
-    from pipeline.run.answers import answer_all, scores
+    from pipeline.evaluation.answers import answer_all, scores
 
     conversations = load_splits(cfg.data, cfg.seed)["test"].conversations
     return scores(answer_all(trained, conversations, max_new_tokens))

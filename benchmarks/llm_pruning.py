@@ -103,10 +103,10 @@ def config(gguf: Path, files: tuple[Path, Path], size: Size, outputs: Path, extr
 
 
 def run(ctx: Context) -> list[Figure]:
-    from pipeline.build.model import build_model
+    from pipeline.assembly.model import build_model
     from pipeline.config.sparsity import SparsityConfig
+    from pipeline.evaluation.split import evaluate
     from pipeline.fetch import fetch_smollm2
-    from pipeline.run.evaluation import evaluate
     from pipeline.sparsity.callback import calibration_batch
     from pipeline.sparsity.pruner import Pruner, input_norms
     from pipeline.sparsity.targets import target_layers

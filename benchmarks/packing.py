@@ -47,7 +47,7 @@ def run(ctx: Context) -> list[Figure]:
     from torch.utils.data import DataLoader
 
     from pipeline.data.bundle import build_data
-    from pipeline.data.loader import IGNORE_INDEX, TextDataModule
+    from pipeline.data.loader import IGNORE_INDEX, split_loader
     from pipeline.model.gpt import GPTConfig, GPTModel
 
     n, max_length, batch, steps, rounds = ctx.pick(SIZES)
@@ -67,9 +67,7 @@ def run(ctx: Context) -> list[Figure]:
     for packing in (False, True):
         cfg = pipeline_config([*overrides, f"data.packing={packing}"], ctx.workdir)
         data = build_data(cfg.data, cfg.seed)
-        module = TextDataModule(data, batch, batch, cfg.seed, 0)
-        module.bundle.splits["test"] = data.splits["train"]
-        loader = list(module.test_dataloader())[: steps + 1]
+        loader = list(split_loader(data, "train", batch, cfg.seed, 0))[: steps + 1]
         trained = sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in loader[1:]) / steps
         slots = sum(b["input_ids"].numel() for b in loader) / len(loader)
         real = sum(b["n_tokens"] for b in loader) / len(loader)

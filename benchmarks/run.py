@@ -85,7 +85,9 @@ def markdown(results: dict[str, Any]) -> str:
         for f in bench["figures"]:
             target = ""
             if "target" in f:
-                target = f">= {f['target']:g} " + ("(met)" if f["meets_target"] else "(missed)")
+                bound = "<=" if f.get("at_most") else ">="
+                met = "(met)" if f["meets_target"] else "(missed)"
+                target = f"{bound} {f['target']:g} {met}"
             lines.append(
                 f"| {f['name']} | {_fmt(f['median'])} | {_fmt(f['min'])} | {_fmt(f['max'])} "
                 f"| {f['unit']} | {f['n']} | {target} |"

@@ -15,9 +15,9 @@ import io
 from pathlib import Path
 
 from benchmarks.common import Context, Figure, pipeline_config
-from pipeline.build.restore import load_trained
+from pipeline.assembly.restore import load_trained
 from pipeline.config.sparsity import SparsityConfig
-from pipeline.run.evaluation import evaluate
+from pipeline.evaluation.split import evaluate
 from pipeline.run.launch import Launch
 from pipeline.run.run import train
 from pipeline.sparsity.callback import calibration_batch

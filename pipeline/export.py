@@ -27,7 +27,7 @@ def default_export_dir(ckpt: Path) -> Path:
 
 @hydra_command("export")
 def main(cfg: ExportCommandConfig) -> dict[str, Path]:
-    from pipeline.build.restore import load_trained
+    from pipeline.assembly.restore import load_trained
     from pipeline.formats import export_trained
 
     ckpt = Path(cfg.ckpt)

@@ -14,7 +14,7 @@ from pipeline.errors import UserError
 def main(cfg: GenerateConfig) -> str:
     import torch
 
-    from pipeline.build.restore import load_trained
+    from pipeline.assembly.restore import load_trained
     from pipeline.data.chat import chat_prompt
     from pipeline.model.heads import label_probabilities
 

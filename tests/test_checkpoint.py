@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline import checkpoint
-from pipeline.build.restore import load_pretrained, load_trained
+from pipeline.assembly.restore import load_pretrained, load_trained
 from pipeline.errors import UserError
 from pipeline.record import RunRecord, Status
 from tests.helpers import train_in_process

@@ -106,7 +106,7 @@ def test_paths_are_recorded_absolute_with_home_expanded(tmp_path, monkeypatch) -
 
 def test_evaluate_says_when_the_data_the_checkpoint_recorded_is_not_here(tmp_path) -> None:
     from pipeline.errors import UserError
-    from pipeline.run.evaluation import data_config
+    from pipeline.evaluation.split import data_config
 
     (tmp_path / "my.tsv").write_text("label\ttext\nham\thi\n")
     overrides = ["data=tsv", f"data.path={tmp_path / 'my.tsv'}", "data.synthetic_examples=null"]

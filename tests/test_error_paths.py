@@ -61,7 +61,7 @@ def test_a_setting_lightning_refuses_only_once_fitting_starts_is_one_paragraph(
     """Lightning refuses a validation interval longer than an epoch only in fit(), with a
     traceback; the run refuses it earlier (row above), and were a check like it missing,
     pipeline/run/refusals.py turns Lightning's refusal into the one-paragraph error."""
-    from pipeline.build.model import build_model
+    from pipeline.assembly.model import build_model
     from pipeline.errors import UserError
     from pipeline.run.faults import StopOnSignal
     from pipeline.run.trainer import Fitting

@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers
 
-from pipeline.build.restore import load_trained
-from pipeline.build.trained import Trained
+from pipeline.assembly.restore import load_trained
+from pipeline.assembly.trained import Trained
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.formats import export_trained
 from pipeline.model.gpt import GPTConfig, GPTModel

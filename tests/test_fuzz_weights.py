@@ -21,7 +21,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.build.restore import load_pretrained, load_trained
+from pipeline.assembly.restore import load_pretrained, load_trained
 from pipeline.errors import UserError
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.weights.load import load_into

@@ -12,8 +12,8 @@ import pytest
 import torch
 import transformers
 
-from pipeline.build.restore import load_trained
-from pipeline.build.trained import Trained
+from pipeline.assembly.restore import load_trained
+from pipeline.assembly.trained import Trained
 from pipeline.config.lora import LoraConfig
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline.data.loader import IGNORE_INDEX
+from pipeline.losses import classification_loss, lm_loss
 from pipeline.model.heads import pool_last_token
-from pipeline.run.module import classification_loss, lm_loss, lr_lambda
+from pipeline.run.module import lr_lambda
 
 
 def test_binary_loss_is_logistic_regression_loss() -> None:

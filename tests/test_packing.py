@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.build.restore import load_trained
+from pipeline.assembly.restore import load_trained
 from pipeline.config.data import DataConfig
 from pipeline.data.bundle import build_data
-from pipeline.data.loader import IGNORE_INDEX, TextDataModule
+from pipeline.data.loader import IGNORE_INDEX, split_loader
 from pipeline.model.gpt import GPTConfig, GPTModel
 from tests.helpers import randomize, tiny_llama
 
@@ -40,9 +40,8 @@ def bundle(path: Path, packing: bool):
 
 def token_losses(model, data) -> list[torch.Tensor]:
     """The loss of every trained token, example by example, in the data's order."""
-    module = TextDataModule(data, batch_size=8, eval_batch_size=8, seed=0, workers=0)
     out = []
-    for batch in _batches(module):
+    for batch in split_loader(data, "train", batch_size=8, seed=0, workers=0):
         positions = batch.get("position_ids")
         with torch.no_grad():
             logits = model(batch["input_ids"], position_ids=positions)
@@ -55,11 +54,6 @@ def token_losses(model, data) -> list[torch.Tensor]:
                 keep = batch["targets"][row, a:b] != IGNORE_INDEX
                 out.append(losses[row, a:b][keep])
     return out
-
-
-def _batches(module: TextDataModule):
-    module.bundle.splits["test"] = module.bundle.splits["train"]
-    return module.test_dataloader()
 
 
 @pytest.fixture(scope="module")

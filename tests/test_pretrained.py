@@ -13,9 +13,9 @@ import pytest
 import torch
 import transformers
 
-from pipeline.build.model import build_model
-from pipeline.build.restore import load_pretrained, load_trained
-from pipeline.build.trained import Trained
+from pipeline.assembly.model import build_model
+from pipeline.assembly.restore import load_pretrained, load_trained
+from pipeline.assembly.trained import Trained
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
 from pipeline.formats import export_trained

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from pipeline.build.restore import load_trained
+from pipeline.assembly.restore import load_trained
 from pipeline.fetch import fetch_smollm2
 from tests.helpers import llama_run, train_in_process
 
@@ -99,8 +99,8 @@ def test_a_judge_served_over_http_scores_the_answers(ours, tmp_path) -> None:
     import time
     import urllib.request
 
+    from pipeline.evaluation.judge import judge_all
     from pipeline.formats import export_trained
-    from pipeline.run.judge import judge_all
 
     folder = export_trained(ours, ["hf"], tmp_path)["hf"]
     with socket.socket() as probe:

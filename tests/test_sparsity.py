@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.build.restore import load_trained
+from pipeline.assembly.restore import load_trained
 from pipeline.config.sparsity import SparsityConfig
 from pipeline.errors import UserError
 from pipeline.model.gpt import GPTConfig, GPTModel

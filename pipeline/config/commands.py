@@ -35,6 +35,8 @@ class EvaluateConfig(FromCheckpoint):
     """The split of the data that is evaluated."""
     max_new_tokens: int = Field(default=64, ge=1)
     """data.task=instruct: the longest answer generated per example."""
+    max_examples: int | None = Field(default=None, ge=1)
+    """Evaluate only the split's first N examples (null: all of them)."""
     judge: JudgeConfig = JudgeConfig()
 
 

@@ -53,7 +53,11 @@ class TrainerConfig(Group):
     compile: bool = False
     """torch.compile the model."""
     enable_progress_bar: bool = True
-    """The progress bar on the console."""
+    """Show progress: a bar on a terminal; where the output is not a terminal (a file, nohup,
+    a SLURM log, CI), a plain line every progress_interval_s seconds."""
+    progress_interval_s: float = Field(default=30.0, gt=0)
+    """Seconds between plain progress lines (step, epoch, loss, tokens/s, elapsed, ETA) when
+    the output is not a terminal; evaluate prints its answers' progress so too."""
     gradient_compression: Literal["none", "powersgd", "topk"] = "none"
     """Compress the gradients DDP ranks exchange: none; powersgd (PyTorch's PowerSGD hook,
     low-rank factors of powersgd_rank); topk (each parameter's largest topk_ratio of entries,

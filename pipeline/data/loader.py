@@ -1,5 +1,6 @@
-"""Batches for Lightning: right-padded tensors, a seeded shuffle that a resumed run can
-continue mid-epoch, and the DataModule.
+"""Batches: right-padded tensors, a seeded shuffle that a resumed run can continue mid-epoch,
+and the loader of a split (training's DataModule, pipeline/run/datamodule.py, and evaluate's
+plain loop both read through it).
 
 Classification batches carry the index of each example's last real token (the pooled position);
 causal-LM batches carry next-token targets with IGNORE_INDEX wherever there is padding.
@@ -7,11 +8,11 @@ causal-LM batches carry next-token targets with IGNORE_INDEX wherever there is p
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.data.bundle import DataBundle, TokenizedSplit
 
@@ -70,7 +71,7 @@ class EpochShuffle(DistributedSampler):
     examples this rank had already trained on in that epoch (`skip`, consumed by the first
     pass only): skipping after the split, not before, is what keeps every rank's share."""
 
-    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0):
+    def __init__(self, dataset: Sized, seed: int, num_replicas: int = 1, rank: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.skip = 0
 
@@ -99,49 +100,24 @@ class _Examples(torch.utils.data.Dataset):
         }
 
 
-class TextDataModule(pl.LightningDataModule):
-    def __init__(
-        self, bundle: DataBundle, batch_size: int, eval_batch_size: int, seed: int, workers: int
-    ):
-        super().__init__()
-        self.bundle = bundle
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.seed, self.workers = seed, workers
-        self.collate = Collator(bundle.task, bundle.tokenizer.pad_id, bundle.n_outputs == 1)
-        self._batches_done = 0
-
-    def resume_mid_epoch(self, batches_done: int) -> None:
-        """The next training epoch starts after the first `batches_done` batches of this
-        rank's order (a checkpoint saved mid-epoch); a count of whole epochs skips nothing."""
-        self._batches_done = batches_done
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        examples = _Examples(self.bundle.splits[split])
-        sampler = None
-        if shuffle:
-            world = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-            sampler = EpochShuffle(examples, self.seed, *world)
-            n_batches = -(-sampler.num_samples // self.batch_size)
-            sampler.skip = self._batches_done % n_batches * self.batch_size
-            self._batches_done = 0
-        return DataLoader(
-            examples,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=sampler,
-            collate_fn=self.collate,
-            num_workers=self.workers,
-            persistent_workers=self.workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            # Its own generator: creating an iterator draws a base seed, which must not move
-            # the global generator (dropout), or a resumed run would drift from the original.
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+def split_loader(
+    bundle: DataBundle,
+    split: str,
+    batch_size: int,
+    seed: int,
+    workers: int,
+    sampler: EpochShuffle | None = None,
+) -> DataLoader:
+    """The examples of `split` in batches: in order, or in `sampler`'s order."""
+    return DataLoader(
+        _Examples(bundle.splits[split]),
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=Collator(bundle.task, bundle.tokenizer.pad_id, bundle.n_outputs == 1),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        # Its own generator: creating an iterator draws a base seed, which must not move
+        # the global generator (dropout), or a resumed run would drift from the original.
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.build.trained import Trained
+from pipeline.assembly.trained import Trained
 from pipeline.config.model import check_exportable
 from pipeline.errors import UserError
 from pipeline.files import atomic_write

@@ -55,7 +55,7 @@ def _log_checkpoints(cfg: TrainConfig, run: TrackedRun, record: RunRecord, final
     """Every kept checkpoint before the final step as a model at its step (the final step's
     model is the run's exported one)."""
     from pipeline import checkpoint
-    from pipeline.build.restore import load_trained
+    from pipeline.assembly.restore import load_trained
     from pipeline.formats import export_trained
 
     folder = Path(record.paths.run_dir or ".") / "checkpoints"

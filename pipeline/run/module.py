@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
@@ -22,25 +21,8 @@ from torchmetrics.classification import (
 from pipeline.checkpoint import TRAIN_MEANS_KEY
 from pipeline.config.optim import OptimConfig
 from pipeline.data.loader import IGNORE_INDEX
+from pipeline.losses import classification_loss, lm_loss, predicted
 from pipeline.model.contract import Model
-
-
-def classification_loss(pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """One output: the logistic-regression loss (BCE with logits). Several: cross-entropy."""
-    if pooled.shape[-1] == 1:
-        return F.binary_cross_entropy_with_logits(pooled.squeeze(-1), labels.float())
-    return F.cross_entropy(pooled, labels)
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over the trained tokens (mean, or sum); padded and untrained
-    positions hold IGNORE_INDEX."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction=reduction,
-    )
 
 
 def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
@@ -155,9 +137,6 @@ class GPTLightningModule(pl.LightningModule):
         pooled = self.model.pooled(logits, batch["lengths"])
         return classification_loss(pooled, batch["labels"]), pooled
 
-    def _predict(self, pooled: torch.Tensor) -> torch.Tensor:
-        return (pooled.squeeze(-1) > 0).long() if self.binary else pooled.argmax(-1)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.is_lm:
             return self._lm_training_step(batch)
@@ -167,7 +146,7 @@ class GPTLightningModule(pl.LightningModule):
         # Not prog_bar: Lightning would read it on the host after every batch (see progress.py).
         self.log("train/loss", self.train_means["loss"], on_step=True, on_epoch=True)
         if pooled is not None:
-            accuracy = (self._predict(pooled) == batch["labels"].long()).float().mean()
+            accuracy = (predicted(pooled) == batch["labels"].long()).float().mean()
             self.train_means["acc"](accuracy, size)
             self.log("train/acc", self.train_means["acc"], on_step=True, on_epoch=True)
         self._window_tokens += batch["n_tokens"]
@@ -244,7 +223,7 @@ class GPTLightningModule(pl.LightningModule):
         else:
             metrics["loss"].update(loss, weight=batch["input_ids"].shape[0])
             for name in ("acc", "f1"):
-                metrics[name].update(self._predict(pooled), batch["labels"].long())
+                metrics[name].update(predicted(pooled), batch["labels"].long())
 
     def _eval_epoch_end(self, stage: str) -> None:
         values = self.metrics[stage].compute()

@@ -1,13 +1,23 @@
-"""The progress bar of a training run."""
+"""The progress of a training run: a rich bar on a terminal, plain lines elsewhere."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
 
+from pipeline.progress import ProgressLines
 from pipeline.run.module import is_logged_step
+
+
+def progress_callback(enabled: bool, interval_s: float) -> pl.Callback | None:
+    """The bar where the output is a terminal; where it is not (a file, nohup, SLURM's log,
+    CI), where a bar draws nothing for the whole run, plain lines every `interval_s`."""
+    if not enabled:
+        return None
+    return ProgressBar() if sys.stdout.isatty() else ProgressLog(interval_s)
 
 
 class ProgressBar(RichProgressBar):
@@ -40,3 +50,52 @@ class ProgressBar(RichProgressBar):
                 if k in metrics
             }
         return {**super().get_metrics(trainer, pl_module), **self._loss}
+
+
+class ProgressLog(pl.Callback):
+    """A line every `interval_s` seconds of training, one when it ends, and one with the
+    metrics of each validation:
+
+        step 120/600 (20%) | epoch 1/4 | loss 0.4123 | 2,345 tokens/s | elapsed 1:02 | ETA 4:08
+        validation at step 150: val/loss 0.1725 | val/acc 0.9600
+
+    The loss and tokens/s are those of the last step sent to the logger, so printing reads
+    nothing from the device that logging has not read already."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.lines: ProgressLines | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        total = trainer.max_steps if trainer.max_steps > 0 else None
+        if total is None:
+            total = int(trainer.estimated_stepping_batches)
+        self.lines = ProgressLines("step", total, self.interval_s, done=trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx):
+        if self.lines is not None and self.lines.due():
+            self.lines.update(trainer.global_step, self._fields(trainer))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self.lines is not None:
+            self.lines.update(trainer.global_step, self._fields(trainer), force=True)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        found = [f"{k} {float(v):.4f}" for k, v in sorted(metrics.items()) if k.startswith("val/")]
+        if found:
+            print(f"validation at step {trainer.global_step}: {' | '.join(found)}", flush=True)
+
+    @staticmethod
+    def _fields(trainer: pl.Trainer) -> dict[str, str]:
+        fields = {"epoch": f"{trainer.current_epoch + 1}"}
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            fields["epoch"] += f"/{trainer.max_epochs}"
+        metrics = trainer.callback_metrics
+        if "train/loss_step" in metrics:
+            fields["loss"] = f"{float(metrics['train/loss_step']):.4f}"
+        if "train/tokens_per_sec" in metrics:
+            fields["tokens/s"] = f"{float(metrics['train/tokens_per_sec']):,.0f}"
+        return fields

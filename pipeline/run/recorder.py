@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.build.trained import Trained
+from pipeline.assembly.trained import Trained
 from pipeline.config.train import TrainConfig
 from pipeline.data.bundle import SplitSource
 from pipeline.errors import TrialPruned, UserError

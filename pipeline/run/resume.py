@@ -27,6 +27,7 @@ HONOURED = (
     "trainer.strategy",
     "trainer.precision",
     "trainer.enable_progress_bar",
+    "trainer.progress_interval_s",
     "trainer.log_every_n_steps",
     "logger.",
     "export.",

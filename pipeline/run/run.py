@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from pipeline.build.model import build_model
-from pipeline.build.trained import Trained
+from pipeline.assembly.devices import check_devices
+from pipeline.assembly.model import build_model
+from pipeline.assembly.trained import Trained
 from pipeline.config.train import TrainConfig
 from pipeline.formats import export_trained
 from pipeline.record import RunRecord
@@ -21,12 +22,7 @@ from pipeline.run.faults import StopOnSignal
 from pipeline.run.launch import Launch
 from pipeline.run.recorder import Recorder
 from pipeline.run.resume import Resume, locate_resume, resumed_config
-from pipeline.run.trainer import (
-    Fitting,
-    check_against_data,
-    check_devices,
-    warn_oversubscribed,
-)
+from pipeline.run.trainer import Fitting, check_against_data, warn_oversubscribed
 from pipeline.tracking.provenance import redact_all
 
 

@@ -13,12 +13,12 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pipeline import checkpoint
-from pipeline.build.trained import Trained
+from pipeline.assembly.trained import Trained
 from pipeline.config.train import TrainConfig
 from pipeline.data.bundle import DataBundle
-from pipeline.data.loader import TextDataModule
 from pipeline.errors import UserError
 from pipeline.run.compression.callback import for_trainer
+from pipeline.run.datamodule import TextDataModule
 from pipeline.run.faults import (
     AtomicCheckpointIO,
     PublishAfterMetrics,
@@ -26,7 +26,7 @@ from pipeline.run.faults import (
     StopOnSignal,
 )
 from pipeline.run.module import GPTLightningModule
-from pipeline.run.progress import ProgressBar
+from pipeline.run.progress import ProgressBar, progress_callback
 from pipeline.run.refusals import lightning_refusals
 from pipeline.run.resume import Resume
 from pipeline.sparsity.callback import for_run
@@ -82,20 +82,6 @@ def warn_oversubscribed(cfg: TrainConfig) -> None:
         )
 
 
-def check_devices(cfg: TrainConfig) -> None:
-    """Refuse a GPU request on a machine without one before any data or run is created."""
-    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no CUDA "
-            "device. Use trainer=cpu (or trainer.accelerator=auto); python -m pipeline.doctor "
-            "shows what this machine offers."
-        )
-    if cfg.sparsity.accelerate:
-        from pipeline.sparsity.accelerate import check_semi_structured
-
-        check_semi_structured()
-
-
 def build_trainer(
     cfg: TrainConfig,
     run_dir: Path,
@@ -144,8 +130,9 @@ def build_trainer(
                 enable_version_counter=False,
             )
         )
-    if t.enable_progress_bar:
-        callbacks.append(ProgressBar())
+    progress = progress_callback(t.enable_progress_bar, t.progress_interval_s)
+    if progress:
+        callbacks.append(progress)
     with lightning_refusals():
         trainer = pl.Trainer(
             accelerator=t.accelerator,
@@ -162,7 +149,8 @@ def build_trainer(
             num_sanity_val_steps=t.num_sanity_val_steps if has_val else 0,
             log_every_n_steps=t.log_every_n_steps,
             deterministic=t.deterministic,
-            enable_progress_bar=t.enable_progress_bar,
+            # Lightning draws its own bar unless told not to: ours, or plain lines, or none.
+            enable_progress_bar=isinstance(progress, ProgressBar),
             logger=logger if logger is not None else False,
             callbacks=callbacks,
             plugins=[io],

@@ -36,9 +36,11 @@ def record_evaluation(
     metrics: Mapping[str, float],
     rows: list[dict],
     files: list[Path],
+    status: Status = Status.FINISHED,
 ) -> TrackedRun:
-    """The evaluation's metrics, per-example table and files as a finished MLflow run. The
-    table is named after the first file (responses.jsonl -> responses.json)."""
+    """The evaluation's metrics, per-example table and files as an MLflow run ended with
+    `status` (KILLED: stopped by a signal, with what it had done). The table is named after
+    the first file (responses.jsonl -> responses.json)."""
     client, experiment_id, parent = _place(uri, experiment_name, outputs, ckpt)
     tags = {"command": "pipeline.evaluate", "mlflow.source.name": "pipeline.evaluate"}
     if parent:
@@ -68,15 +70,15 @@ def record_evaluation(
             ],
             params=[Param(k, v) for k, v in params.items()],
         )
-        if rows:
-            table = f"{files[0].stem}.json"
+        if rows and files:
+            table = f"{files[0].name.split('.')[0]}.json"
             client.log_table(tracked.run_id, data=_columns(rows), artifact_file=table)
         for path in files:
             client.log_artifact(tracked.run_id, str(path))
     except BaseException:
         client.set_terminated(tracked.run_id, status=Status.FAILED.value)
         raise
-    client.set_terminated(tracked.run_id, status=Status.FINISHED.value)
+    client.set_terminated(tracked.run_id, status=status.value)
     return tracked
 
 

@@ -3,6 +3,9 @@ which shapes, and the config field that most likely differs."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from pipeline.errors import UserError
@@ -12,12 +15,30 @@ from pipeline.weights.io import StateDict
 
 
 def build_from_state(cfg: GPTConfig, state: StateDict, source: str) -> GPTModel:
-    """A GPT holding `state`'s tensors themselves: built on the meta device (no random init to
-    throw away), then the loaded (for safetensors, memory-mapped) tensors are assigned."""
-    with torch.device("meta"):
+    """A GPT holding `state`'s tensors themselves: built on the meta device with no random
+    init to throw away, then the loaded (for safetensors, memory-mapped) tensors are
+    assigned."""
+    with _uninitialised(), torch.device("meta"):
         model = GPTModel(cfg)
     load_into(model, state, source, assign=True)
     return model
+
+
+@contextlib.contextmanager
+def _uninitialised() -> Iterator[None]:
+    """torch.nn.init's functions do nothing while modules are built (transformers' loaders do
+    the same). Not only for speed: on the meta device they run torch's Python reference
+    kernels, whose first call imports torch._dynamo, seconds of a command's start-up."""
+    init = torch.nn.init
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_")]
+    saved = {name: getattr(init, name) for name in names}
+    try:
+        for name in names:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
 
 
 def load_into(

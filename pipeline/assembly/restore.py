@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pipeline import checkpoint
-from pipeline.build.trained import Trained
+from pipeline.assembly.trained import Trained
 from pipeline.data.tokenizer import TextTokenizer, has_tokenizer
 from pipeline.errors import UserError
 from pipeline.model.gpt import GPTConfig, GPTModel

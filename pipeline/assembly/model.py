@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.build.restore import load_pretrained
-from pipeline.build.trained import Trained
+from pipeline.assembly.restore import load_pretrained
+from pipeline.assembly.trained import Trained
 from pipeline.config.model import check_context
 from pipeline.config.train import TrainConfig
 from pipeline.data.bundle import DataBundle, build_data

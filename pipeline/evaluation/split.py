@@ -1,26 +1,26 @@
 """A trained model evaluated on a split of a data set (python -m pipeline.evaluate, and the
-benchmarks): the test loop's metrics, and each example's output (a classifier's label and
-probabilities; an instruct model's answer, with exact match, token F1 and a judge's score)."""
+benchmarks): the loss and accuracy and F1 or perplexity that training's test loop reports, in
+a plain torch loop (no Lightning), and each example's output (a classifier's label and
+probabilities; an instruct model's answer, scored, see answers.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
-from pipeline.build.trained import Trained
-from pipeline.config.commands import EvaluateConfig
+from pipeline.assembly.devices import autocast, check_devices, device_of
+from pipeline.assembly.trained import Trained
 from pipeline.config.data import DataConfig
 from pipeline.config.train import TrainConfig
 from pipeline.data.bundle import SplitSource, TokenizedSplit, build_data
-from pipeline.data.loader import TextDataModule
-from pipeline.data.records import load_splits
+from pipeline.data.loader import IGNORE_INDEX, split_loader
 from pipeline.errors import UserError
+from pipeline.evaluation.interrupt import StopOnSignal
+from pipeline.evaluation.metrics import SplitMetrics
+from pipeline.losses import classification_loss, lm_loss, predicted
 from pipeline.model.heads import label_probabilities
-from pipeline.run.module import GPTLightningModule
-from pipeline.run.trainer import check_devices
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Evaluation:
     source: SplitSource | None = None
     """The evaluated split's file, digest and size."""
     rows: list[dict] = field(default_factory=list)
-    """One row per example: its output next to the reference (with_outputs)."""
+    """One row per example: its output next to the reference."""
 
 
 def data_config(cfg: TrainConfig, recorded: dict, overrides: list[str]) -> tuple[DataConfig, int]:
@@ -51,9 +51,16 @@ def data_config(cfg: TrainConfig, recorded: dict, overrides: list[str]) -> tuple
 
 
 def evaluate(
-    trained: Trained, data: DataConfig, seed: int, split: str, cfg: TrainConfig
+    trained: Trained,
+    data: DataConfig,
+    seed: int,
+    split: str,
+    cfg: TrainConfig,
+    max_examples: int | None = None,
+    stop: StopOnSignal | None = None,
 ) -> Evaluation:
-    """The test loop over `split` of the data: loss, and accuracy and F1 or perplexity."""
+    """Loss, and accuracy and F1 or perplexity, over `split` (its first `max_examples`);
+    `stop` ends it between two batches."""
     check_devices(cfg)
     if trained.tokenizer is None:
         raise UserError(
@@ -67,58 +74,66 @@ def evaluate(
             f"Pass data settings for a {trained.task} data set."
         )
     bundle = build_data(data, seed, trained.tokenizer, trained.label_names or None)
-    if not bundle.splits[split].ids:
+    examples = bundle.splits[split]
+    if not examples.ids:
         raise UserError(f"The {split} split is empty. Choose split=train, val or test.")
-    # Lightning's test loop runs whichever split was asked for.
-    bundle.splits["test"] = bundle.splits[split]
-    batch = cfg.optim.eval_batch_size or cfg.optim.batch_size
-    datamodule = TextDataModule(bundle, batch, batch, seed, data.num_workers)
-    model = trained.model
+    if max_examples is not None:
+        bundle.splits[split] = examples = _first(examples, max_examples)
+    model, device = trained.model, device_of(cfg.trainer.accelerator)
     if cfg.sparsity.accelerate:
-        model = _semi_structured(trained)
-    module = GPTLightningModule(model, cfg.optim)
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    metrics = {k.replace("test/", f"{split}/"): round(float(v), 6) for k, v in results.items()}
+        model, device = _semi_structured(trained), torch.device("cuda")
+    batch_size = cfg.optim.eval_batch_size or cfg.optim.batch_size
+    loader = split_loader(bundle, split, batch_size, seed, data.num_workers)
+    model = model.to(device).eval()
+    found = _loop(model, loader, device, cfg.trainer.precision, stop)
+    metrics = {f"{split}/{k}": round(v, 6) for k, v in found.items()}
     evaluation = Evaluation(metrics, bundle.sources.get(split))
     if data.task == "classification":
-        evaluation.rows = _labelled(trained, bundle.splits[split])
+        evaluation.rows = _labelled(trained, model, examples, device)
     return evaluation
 
 
-def with_answers(
-    evaluation: Evaluation, trained: Trained, data: DataConfig, seed: int, cfg: EvaluateConfig
-) -> None:
-    """An instruct model's answer to every example of the split, scored (and judged)."""
-    from pipeline.run.answers import answer_all, scores
+@torch.no_grad()
+def _loop(
+    model, loader, device: torch.device, precision: str, stop: StopOnSignal | None
+) -> dict[str, float]:
+    metrics = SplitMetrics(model.is_lm, max(model.n_outputs or 0, 2))
+    for i, batch in enumerate(loader):
+        if stop:
+            stop.check(f"{i} of {len(loader)} batches of the split scored, nothing written")
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        with autocast(device, precision):
+            logits = model(batch["input_ids"], position_ids=batch.get("position_ids"))
+            if model.is_lm:
+                n_trained = int((batch["targets"] != IGNORE_INDEX).sum())
+                metrics.update(lm_loss(logits, batch["targets"]), n_trained)
+                continue
+            pooled = model.pooled(logits, batch["lengths"]).float()
+        labels = batch["labels"]
+        loss = classification_loss(pooled, labels)
+        metrics.update(loss, labels.shape[0], predicted(pooled), labels)
+    return metrics.compute()
 
-    conversations = load_splits(data, seed)[cfg.split].conversations
-    rows = answer_all(trained, conversations, cfg.max_new_tokens)
-    found = scores(rows)
-    if cfg.judge.url:
-        from pipeline.run.judge import judge_all
 
-        found |= judge_all(rows, cfg.judge.url, cfg.judge.model, cfg.judge.timeout_s)
-    evaluation.metrics |= {f"{cfg.split}/{k}": v for k, v in found.items()}
-    evaluation.rows = rows
+def _first(split: TokenizedSplit, n: int) -> TokenizedSplit:
+    def head(values: list | None) -> list | None:
+        return None if values is None else values[:n]
+
+    return TokenizedSplit(
+        split.ids[:n], head(split.labels), head(split.trained), head(split.positions)
+    )
 
 
 @torch.no_grad()
-def _labelled(trained: Trained, split: TokenizedSplit) -> list[dict]:
+def _labelled(trained: Trained, model, split: TokenizedSplit, device: torch.device) -> list[dict]:
     """{text, label, predicted, p(label) for each label} per example, one at a time (no
     padding to reason about; test splits are small)."""
-    model, names = trained.model.eval(), trained.label_names
+    names = trained.label_names
     rows = []
     for ids, label in zip(split.ids, split.labels or [], strict=True):
-        pooled = model.pooled(model(torch.tensor([ids])), torch.tensor([len(ids)]))
-        probs = label_probabilities(pooled[0]).tolist()
+        input_ids = torch.tensor([ids], device=device)
+        lengths = torch.tensor([len(ids)], device=device)
+        probs = label_probabilities(model.pooled(model(input_ids), lengths)[0].float()).tolist()
         row = {"text": trained.tokenizer.decode(ids), "label": names[label]}
         row["predicted"] = names[max(range(len(probs)), key=probs.__getitem__)]
         rows.append(row | {f"p({name})": round(p, 6) for name, p in zip(names, probs, strict=True)})
