@@ -20,6 +20,11 @@ def main(cfg: TrainConfig) -> dict[str, float]:
     if multirun():
         launcher = HydraConfig.get().launcher.get("_target_", "")
         check_multirun(cfg.trainer, launcher, launched_externally())
+        from pipeline.cli.sweep import continued_trial
+
+        cfg, kept = continued_trial(cfg)
+        if kept is not None:
+            return kept
     if cfg.logger.name == "mlflow":
         # Before torch, Lightning and MLflow load: an unreachable server is reported at once.
         check_server(tracking_uri(cfg.logger, cfg.paths.outputs))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hydra import compose, initialize_config_dir
 
@@ -93,6 +93,20 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def in_shell(command: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """A command line pasted into bash in the project folder, this virtual environment's
+    `python` first on the PATH (as when it is activated)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=PROJECT_ROOT,
+        env={**cli_env(), "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_cli(
     module: str, *args: str, timeout: int = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
@@ -108,18 +122,24 @@ def run_cli(
 
 
 def train_until(
-    outputs: Path, pattern: str, *args: str, count: int = 1, timeout: float = 180
+    outputs: Path,
+    pattern: str,
+    *args: str,
+    count: int = 1,
+    timeout: float = 180,
+    stderr: IO[str] | int = subprocess.DEVNULL,
 ) -> subprocess.Popen:
     """Start `pipeline.train` and return once `count` files matching `pattern` exist under
     outputs, with the process still running (so that the caller can interrupt it). The process
-    leads its own process group, as a command started from a terminal does."""
+    leads its own process group, as a command started from a terminal does; its stderr goes to
+    the file `stderr`, if given (a pipe nobody reads while it trains would fill and block it)."""
     seed_store([*args, f"paths.outputs={outputs}"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", *args, f"paths.outputs={outputs}"],  # -m first
         cwd=PROJECT_ROOT,
         env=cli_env(),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         start_new_session=True,
     )
     deadline = time.monotonic() + timeout

@@ -87,11 +87,16 @@ def test_search_prunes_poor_trials_and_resumes_its_study(tmp_path: Path) -> None
     by_folder = {Path(r.data.tags["run_dir"]).name: r for r in children}
     assert by_folder[str(pruned)].info.status == "KILLED"
     assert by_folder[str(pruned)].data.tags["pruned"] == "true"
+    # Named by the search, and each trial by its number and sampled values.
+    assert parent.info.run_name.startswith("search tiny (4 trials) gpt-tiny ")
+    for number, run in by_folder.items():
+        lr = study(outputs).trials[int(number)].params["optim.lr"]
+        assert run.info.run_name == f"#{number} lr={lr:.3g}"
     assert sum(r.info.status == "FINISHED" for r in children) == 3
     best = min(r.data.metrics["val/loss"] for r in children if r.info.status == "FINISHED")
     assert study(outputs).best_value == pytest.approx(best, rel=1e-5)
     assert parent.data.metrics["best/val/loss"] == pytest.approx(best, rel=1e-5)
-    assert parent.data.params["best.optim.lr"] == "0.003"
+    assert parent.data.tags["best.optim.lr"] == "0.003"
     assert "optim.lr" in parent.data.params["sweep.search"]
     summary = (root / "sweep_summary.md").read_text()
     assert summary.count("| PRUNED |") == 1 and summary.count("| FINISHED") == 3

@@ -1,11 +1,12 @@
 """What a command learns from Hydra and the environment, read here once and handed down:
-the run folder, this process's rank, the tracking store, the sweep it belongs to, and a search
-trial's study."""
+the run folder, this process's rank, the tracking store, the sweep it belongs to, a search
+trial's study, and the run's name and command (from Hydra's overrides, not sys.argv, which
+a sweep's trial does not have)."""
 
 from __future__ import annotations
 
+import json
 import os
-import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -13,13 +14,16 @@ from hydra.types import RunMode
 
 from pipeline.config.logger import LoggerConfig
 from pipeline.config.train import TrainConfig
-from pipeline.tracking.provenance import redact
+from pipeline.tracking.names import describe, key_of, run_name
+from pipeline.tracking.provenance import command
 from pipeline.tracking.uri import resolve_tracking_uri
 
 # Set by the sweep callback (cli/sweep.py) for its trials, in process or in worker processes.
 PARENT_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
 # Set per job by the Optuna sweeper (hydra.job.env_set): the trial number this job runs.
 TRIAL_ENV = "PIPELINE_SEARCH_TRIAL"
+# Set by the sweep callback: the keys its trials differ in (a JSON list), for their names.
+SWEPT_ENV = "PIPELINE_SWEEP_KEYS"
 
 
 def multirun() -> bool:
@@ -52,9 +56,19 @@ def tracking_uri(logger: LoggerConfig, outputs: str | Path) -> str:
     return resolve_tracking_uri(logger.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"), outputs)
 
 
-def command_line() -> str:
-    """The command line that started this process, credentials redacted."""
-    return redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+def name_of_run() -> str:
+    """What distinguishes this run (tracking/names.py): a search trial's number and sampled
+    values; a grid trial's swept values; else the command line's overrides; else the model
+    and data presets it trains (the default run)."""
+    hydra = HydraConfig.get()
+    choices, task = hydra.runtime.choices, list(hydra.overrides.task)
+    if multirun():
+        swept = set(json.loads(os.environ.get(SWEPT_ENV, "[]")))
+        trial = os.environ.get(TRIAL_ENV)
+        values = describe([o for o in task if key_of(o) in swept], choices)
+        if values or trial is not None:
+            return run_name(f"#{trial}" if trial is not None else "", values)
+    return run_name(describe(task, choices) or f"{choices.model} {choices.data}")
 
 
 def search_callbacks() -> list:
@@ -82,6 +96,7 @@ def run_launch(cfg: TrainConfig):
         parent_run_id=os.environ.get(PARENT_ENV),
         stop_file=stop_file(),
         callbacks=search_callbacks(),
-        command=command_line(),
+        command=command(list(HydraConfig.get().overrides.task)),
         overrides=tuple(HydraConfig.get().overrides.task),
+        run_name=name_of_run(),
     )

@@ -25,6 +25,10 @@ class Launch:
     callbacks: list[pl.Callback] = field(default_factory=list)
     """More Lightning callbacks (a search trial's report to its study)."""
     command: str = ""
-    """The command line that started the run, credentials redacted."""
+    """The command that runs it again (python -m pipeline.train and its overrides, quoted for
+    a shell), credentials redacted."""
     overrides: tuple[str, ...] = ()
     """Its Hydra overrides (a resume keeps the run's recorded settings but for these)."""
+    run_name: str = ""
+    """The MLflow run's name unless logger.run_name sets one: what distinguishes the run (see
+    tracking/names.py); empty: the run folder's name."""

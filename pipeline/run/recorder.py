@@ -83,7 +83,7 @@ class Recorder:
         tracked = start_run(
             client,
             experiment_id,
-            cfg.logger.run_name or self.run_dir.name,
+            cfg.logger.run_name or self.launch.run_name or self.run_dir.name,
             self.trained.config,
             self.run_dir,
             self.launch.command,

@@ -1,7 +1,8 @@
 """What a recorded run needs to be run again, and keeping secrets out of the record.
 
-Each MLflow run gets its command-line overrides (tag `hydra.overrides`), the git commit (tags
-from git_state) and the uncommitted diff (artifact `git.diff`), the installed package
+Each MLflow run gets the command that runs it again (tag `command`: `python -m pipeline.train`
+and its overrides, quoted for a shell), those overrides (tag `hydra.overrides`), the git commit
+(tags from git_state) and the uncommitted diff (artifact `git.diff`), the installed package
 versions (artifact `packages.txt`) and the SHA-256 of every data file (params `data.sha256.*`).
 `python -m pipeline.train --from-run <run id>` composes the same config again from them
 (pipeline/cli/rerun.py). No MLflow or torch import here: --from-run must stay light until
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import re
+import shlex
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +24,9 @@ from pipeline.config.data import DataConfig
 from pipeline.config.paths import PROJECT_ROOT
 
 OVERRIDES_TAG = "hydra.overrides"
+# The training command, as it is typed in the project folder (also the runs' mlflow.source.name:
+# the UI shows a source name from its last "/", so a whole command line would show cut).
+ENTRY_POINT = "python -m pipeline.train"
 DIGEST_PREFIX = "data.sha256."
 # user:password@ in a URI (tracking servers, databases).
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]*:[^/@\s]*@")
@@ -36,6 +41,13 @@ def redact(text: str) -> str:
     """The text with credentials in URIs and values of secret-named keys replaced by ***."""
     text = _CREDENTIALS.sub(r"\g<scheme>***@", text)
     return _SECRET_VALUE.sub(r"\g<key>***", text)
+
+
+def command(arguments: list[str]) -> str:
+    """The training command with these arguments (Hydra's overrides as it received them, after
+    the shell's quoting), quoted so that pasting it into a shell runs the same; credentials
+    are replaced by *** (which a pasted command then reads literally)."""
+    return " ".join([ENTRY_POINT, *(shlex.quote(redact(a)) for a in arguments)])
 
 
 def redact_all(value: Any) -> Any:

@@ -16,6 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 from pipeline.record import Status
 from pipeline.tracking.client import Client, TrackedRun, open_experiment
 from pipeline.tracking.provenance import (
+    ENTRY_POINT,
     OVERRIDES_TAG,
     git_diff,
     git_state,
@@ -57,9 +58,7 @@ def start_run(
     tags = {
         "run_dir": str(run_dir),
         "command": command,
-        "mlflow.source.name": "pipeline.train",
-        "mlflow.source.type": "LOCAL",
-        "mlflow.user": getpass.getuser(),
+        **_source(),
         **git_state(),
     }
     if parent_run_id:
@@ -81,6 +80,14 @@ def start_run(
     if diff:
         client.log_text(run_id, diff, "git.diff")
     return TrackedRun(client, run_id, experiment_id, client.tracking_uri)
+
+
+def _source() -> dict[str, str]:
+    return {
+        "mlflow.source.name": ENTRY_POINT,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+    }
 
 
 def reopen_run(uri: str, run_id: str) -> TrackedRun:
@@ -142,12 +149,17 @@ def failure_tags(status: Status, error: str | None) -> dict[str, str]:
 
 
 def start_parent_run(
-    uri: str, experiment: str, outputs: str | Path, command: str, sweep: Mapping[str, str]
+    uri: str,
+    experiment: str,
+    outputs: str | Path,
+    name: str,
+    command: str,
+    sweep: Mapping[str, str],
 ) -> str:
     """The parent run of a sweep: its definition as params; the trials are its children."""
     client, experiment_id = open_experiment(uri, experiment, outputs)
-    tags = {"sweep": "parent", "command": command}
-    run = client.create_run(experiment_id, tags={**tags, **git_state()}, run_name="sweep")
+    tags = {"sweep": "parent", "command": command, **_source(), **git_state()}
+    run = client.create_run(experiment_id, tags=tags, run_name=name)
     client.log_batch(
         run.info.run_id, params=[Param(k, v[:PARAM_VALUE_LIMIT]) for k, v in sweep.items()]
     )
@@ -163,20 +175,21 @@ def finish_parent_run(
     stopped: str | None = None,
 ) -> None:
     """The sweep's summary files, its best trial, and the end of the parent run: KILLED with
-    the reason when a signal `stopped` the sweep."""
+    the reason when a signal `stopped` the sweep. The best trial's values are tags, not params
+    (which MLflow never lets change): a sweep continued later may find a better one."""
     client = Client(tracking_uri=uri)
     for path in files:
         client.log_artifact(run_id, str(path))
     tags = [RunTag("error", stopped)] if stopped else []
-    metrics, params = [], []
+    metrics = []
     if best is not None:
         metrics = [Metric(f"best/{metric}", float(best["value"]), int(time.time() * 1000), 0)]
-        params = [Param(f"best.{k}", str(v)) for k, v in best["params"].items()]
+        tags += [RunTag(f"best.{k}", str(v)) for k, v in best["params"].items()]
         tags += [
             RunTag("best_run_id", best["run_id"] or ""),
             RunTag("best_trial", str(best["trial"])),
         ]
     # log_batch, not set_tag: Client retries it when parallel trials hold the SQLite lock.
-    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+    client.log_batch(run_id, metrics=metrics, tags=tags)
     status = Status.KILLED if stopped else Status.FINISHED if best is not None else Status.FAILED
     client.set_terminated(run_id, status=status.mlflow)
