@@ -9,6 +9,7 @@ TORCH ?= torch==2.13.0
 # make sweep without ARGS runs this grid (a variable, so make does not split it at the commas).
 SWEEP_GRID ?= optim.lr=3e-4,1e-3,3e-3
 STAMP := $(VENV)/.installed
+VENV_PIP := $(VENV)/.pip
 ARGS ?=
 OUTPUTS := $(CURDIR)/outputs
 STORE := sqlite:///$(OUTPUTS)/mlflow.db
@@ -16,9 +17,12 @@ PORT ?= 5000
 
 .PHONY: install train test fuzz sweep search ui server serve bench lint format docs llama-cpp smollm2 clean
 
-$(STAMP): pyproject.toml
+$(VENV_PIP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	touch $(VENV_PIP)
+
+$(STAMP): pyproject.toml | $(VENV_PIP)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
@@ -33,9 +37,12 @@ train: $(STAMP)
 # Each process, and each it starts, computes on TEST_THREADS threads: with torch's default of
 # one per core, two workers and their runs spun twice as many threads as cores (the heaviest
 # files took 25% longer and 45% more CPU time).
+# llama.cpp's tools are built first where missing (the GGUF tests run them), side by side with
+# the install: pip mostly waits on the network and the disk, the compiler on the CPU.
 TEST_WORKERS ?= 2
 TEST_THREADS ?= 1
-test: $(STAMP)
+test:
+	$(MAKE) --no-print-directory -j2 install llama-cpp
 	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The fuzzers (tests/test_fuzz_*.py) with FUZZ_EXAMPLES new cases each (default 50): data and
@@ -84,7 +91,8 @@ lint: $(STAMP)
 
 # llama.cpp's tools (llama-tokenize, llama-simple, llama-perplexity), built from the sources
 # vendored in llama-cpp-python's sdist into a cache outside the clone (no prebuilt wheel runs on
-# glibc 2.36). The GGUF tests run them against our exports; .ci/run builds them first.
+# glibc 2.36), once per machine. The GGUF tests run them against our exports; make test builds
+# them when they are missing. The build needs only the venv's pip, not the installed project.
 # GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2 (ARM: its baseline) instead of this one:
 # a native build on a virtual Xeon that lists AVX-512 and AMX died with SIGILL (illegal
 # instruction) in its AMX path for q8_0 files, and a cache shared with other CPUs would too.
@@ -93,7 +101,7 @@ LLAMA_CPP := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/gpt-finetune-pipeline/llama.
 LLAMA_TOOLS := llama-tokenize llama-simple llama-perplexity
 llama-cpp: $(LLAMA_CPP)/bin/llama-perplexity
 
-$(LLAMA_CPP)/bin/llama-perplexity: | $(STAMP)
+$(LLAMA_CPP)/bin/llama-perplexity: | $(VENV_PIP)
 	rm -rf $(LLAMA_CPP).tmp && mkdir -p $(LLAMA_CPP).tmp
 	$(PY) -m pip download --quiet --no-deps --no-binary=:all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(LLAMA_CPP).tmp
 	tar xzf $(LLAMA_CPP).tmp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_CPP).tmp

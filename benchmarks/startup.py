@@ -70,8 +70,11 @@ def run(ctx: Context) -> list[Figure]:
     rounds, overrides, whole_run = ctx.pick(SIZES)
     counter = iter(range(1_000_000))
 
+    def folder() -> Path:
+        return ctx.workdir / f"outputs-{next(counter)}"
+
     def fresh() -> str:
-        return f"paths.outputs={ctx.workdir / f'outputs-{next(counter)}'}"
+        return f"paths.outputs={folder()}"
 
     # One trained run for the commands that read one: a short one, as their cost is start-up.
     outputs = ctx.workdir / "trained"
@@ -98,7 +101,7 @@ def run(ctx: Context) -> list[Figure]:
         "config error": lambda: _timed(_command("train", fresh(), "optim.lr=-1"), expect=2),
         "generate": lambda: _timed(_command("generate", f"ckpt={run_dir}", "prompt=Are you free")),
         "export hf": lambda: _timed(
-            _command("export", f"ckpt={run_dir}", "export.formats=[hf]", f"export.dir={fresh()}")
+            _command("export", f"ckpt={run_dir}", "export.formats=[hf]", f"export.dir={folder()}")
         ),
         "evaluate": lambda: _timed(_command("evaluate", f"ckpt={run_dir}", stored)),
         "doctor": lambda: _timed(_command("doctor")),

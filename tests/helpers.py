@@ -217,8 +217,8 @@ def tiny_llama(directory: Path, tokenizer: TextTokenizer) -> None:
     tokenizer.save(directory)
 
 
-# llama.cpp's tools, built by `make llama-cpp` into a cache outside the clone (LLAMA_CPP_BIN
-# overrides where they are looked for).
+# llama.cpp's tools, built by `make llama-cpp` (and by make test, where missing) into a cache
+# outside the clone (LLAMA_CPP_BIN overrides where they are looked for).
 LLAMA_CPP_BIN = Path(
     os.environ.get("LLAMA_CPP_BIN")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -229,14 +229,15 @@ LLAMA_CPP_BIN = Path(
 
 
 def llama_cpp(tool: str) -> Path:
-    """A llama.cpp tool; the test is skipped, saying how to build it, where it is absent."""
+    """A llama.cpp tool. Where it is absent the test fails, saying how to build it: a skip
+    would hide that llama.cpp never read our files."""
     import pytest
 
     path = LLAMA_CPP_BIN / tool
     if not path.is_file():
-        pytest.skip(
+        pytest.fail(
             f"llama.cpp's {tool} is not built: run `make llama-cpp` (about 5 minutes, once; "
-            f"cached in {LLAMA_CPP_BIN.parent}). .ci/run builds it before make test."
+            f"cached in {LLAMA_CPP_BIN.parent}), which make test does first."
         )
     return path
 

@@ -20,9 +20,10 @@ from pipeline.record import RunRecord
 from pipeline.run.distributed import weights_digest
 from pipeline.run.faults import StopOnSignal
 from pipeline.run.launch import Launch
+from pipeline.run.length import check_against_data, fit_to_length
 from pipeline.run.recorder import Recorder
 from pipeline.run.resume import Resume, locate_resume, resumed_config
-from pipeline.run.trainer import Fitting, check_against_data, warn_oversubscribed
+from pipeline.run.trainer import Fitting, warn_oversubscribed
 from pipeline.tracking.provenance import redact_all
 
 
@@ -43,6 +44,8 @@ def train(cfg: TrainConfig, launch: Launch) -> RunRecord:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         trained, bundle = build_model(cfg)
         check_against_data(cfg, bundle)
+        if not resume:  # a resumed run continues with what its start chose
+            cfg = fit_to_length(cfg, bundle, _keys(launch.overrides))
         # Checkpoints carry the config and may be uploaded: no credentials in it.
         trained.config = redact_all(cfg.model_dump(mode="json", exclude={"resume"}))
         _announce(cfg, trained, resume)
@@ -67,6 +70,11 @@ def train(cfg: TrainConfig, launch: Launch) -> RunRecord:
                 record.world_size = fitting.trainer.world_size
                 record.weights_sha256 = weights_digest(fitting.module)
     return record
+
+
+def _keys(overrides: tuple[str, ...]) -> set[str]:
+    """The keys an override list sets (`+optim.lr=...` and `optim.lr=...` alike)."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
 
 
 def _announce(cfg: TrainConfig, trained: Trained, resume: Resume | None) -> None:

@@ -16,7 +16,6 @@ from pipeline import checkpoint
 from pipeline.assembly.trained import Trained
 from pipeline.config.train import TrainConfig
 from pipeline.data.bundle import DataBundle
-from pipeline.errors import UserError
 from pipeline.run.compression.callback import for_trainer
 from pipeline.run.datamodule import TextDataModule
 from pipeline.run.faults import (
@@ -48,24 +47,6 @@ class CheckpointExtras(pl.Callback):
     def on_load_checkpoint(self, trainer, pl_module, ckpt: dict) -> None:
         if checkpoint.RNG_KEY in ckpt:
             checkpoint.set_rng_states(ckpt[checkpoint.RNG_KEY])
-
-
-def check_against_data(cfg: TrainConfig, bundle: DataBundle) -> None:
-    """Refuse, before a run is recorded, settings that only the data's size rules out (which
-    Lightning would refuse with a traceback once fitting starts)."""
-    interval = cfg.trainer.val_check_interval
-    if not isinstance(interval, int) or not bundle.splits["val"].ids:
-        return
-    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
-    rows = -(-len(bundle.splits["train"].ids) // max(devices, 1))
-    batches = -(-rows // cfg.optim.batch_size)
-    if interval > batches:
-        raise UserError(
-            f"trainer.val_check_interval={interval} batches, but an epoch of this data has "
-            f"{batches} training batches (per device), so validation would never run within "
-            f"one. Set trainer.val_check_interval to at most {batches}, or to a fraction of an "
-            "epoch such as 0.5 (1.0: once an epoch)."
-        )
 
 
 def warn_oversubscribed(cfg: TrainConfig) -> None:
