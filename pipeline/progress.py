@@ -39,8 +39,9 @@ class ProgressLines:
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.interval_s
 
-    def update(self, done: int, fields: dict[str, str] | None = None, force: bool = False) -> None:
-        """Print the line for `done` units if the interval has passed (or `force`)."""
+    def update(self, done: int, fields: list[str] | None = None, force: bool = False) -> None:
+        """Print the line for `done` units, with `fields` (`epoch 1/4`, `2,345 tokens/s`), if
+        the interval has passed (or `force`)."""
         now = time.monotonic()
         if not force and now - self._last < self.interval_s:
             return
@@ -49,7 +50,7 @@ class ProgressLines:
         parts = [f"{self.what} {done:,}"]
         if self.total:
             parts[0] += f"/{self.total:,} ({done / self.total:.0%})"
-        parts += [f"{k} {v}" for k, v in (fields or {}).items()]
+        parts += fields or []
         parts.append(f"elapsed {clock(elapsed)}")
         rate = (done - self._first_done) / elapsed if elapsed > 0 else 0.0
         if self.total and rate > 0:

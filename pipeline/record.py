@@ -9,6 +9,7 @@ back with defaults.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -17,6 +18,11 @@ from typing import Any
 from pipeline.files import write_json
 
 NAME = "run.json"
+
+
+def is_run_id(text: str) -> bool:
+    """Whether `text` has the shape of an MLflow run id (32 hex digits), as run_id holds."""
+    return re.fullmatch(r"[0-9a-f]{32}", text) is not None
 
 
 class Status(str, Enum):

@@ -28,7 +28,7 @@ def main(cfg: TrainConfig) -> dict[str, float]:
     if cfg.logger.name == "mlflow":
         # Before torch, Lightning and MLflow load: an unreachable server is reported at once.
         check_server(tracking_uri(cfg.logger, cfg.paths.outputs))
-    from pipeline.cli.launch import run_launch
+    from pipeline.cli.training import run_launch
     from pipeline.run.run import train
     from pipeline.run.summary import print_summary
 

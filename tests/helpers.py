@@ -3,10 +3,12 @@ themselves, interrupting a run at a step, and small pretrained models to start f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -119,6 +121,42 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+# Runs a command as `python -m` does, then writes the names of the modules it imported.
+_RECORDING = """
+import atexit, json, runpy, sys
+out, module, *args = sys.argv[1:]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = [module, *args]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+# What the commands that do not train must not import: Lightning (and torchmetrics) belong to
+# training; torch._dynamo to compiling and to exporting through torch.export (ONNX).
+LIGHTNING = ("pytorch_lightning", "lightning_fabric", "torchmetrics")
+
+
+def run_recorded(
+    module: str, *args: str, timeout: int = 300
+) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """run_cli, and the modules the command had imported when it exited."""
+    seed_store(args)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "modules.json"
+        done = subprocess.run(
+            [sys.executable, "-c", _RECORDING, str(out), f"pipeline.{module}", *args],
+            cwd=PROJECT_ROOT,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return done, set(json.loads(out.read_text())) if out.is_file() else set()
+
+
+def heavy(modules: set[str], *packages: str) -> set[str]:
+    """The modules of `packages` that were imported, and torch._dynamo if it was."""
+    return {m for m in modules if m.split(".")[0] in packages or m == "torch._dynamo"}
 
 
 def train_until(

@@ -40,6 +40,7 @@ CONFIG_NAMES = {
 COMMAND = re.compile(r"^[^#]*(?<!\S)-m pipeline\.(\w+)(\s.*)?$")
 MAKE = re.compile(r"^make (train|sweep|search)\b(.*)$")
 OPTIONS_WITH_VALUE = {"--cfg", "--from-run"}  # `--cfg job`, `--from-run <run id>`
+SHELL_SYNTAX = re.compile(r"\d*[<>].*|&&?|\|\|?|;")  # a redirection, &, &&, |, ||, ;
 PLACEHOLDER = re.compile(r"<[^<>]+>")  # `<run>`, `<run folder>`: any plain string will do
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target), ![alt](target)
 CODE_SPAN = re.compile(r"`[^`\n]*`")
@@ -125,9 +126,12 @@ def command_lines(block: list[str], first: int) -> Iterator[tuple[int, str]]:
 
 def overrides_of(args: list[str]) -> list[str]:
     """The Hydra overrides among a command's arguments: options (`-m`, `--cfg job`, `--resolve`,
-    `--from-run <id>`, ...) and a literal `...` (more overrides) are dropped."""
+    `--from-run <id>`, ...) and a literal `...` (more overrides) are dropped, and so is what
+    follows a redirection or a shell operator (`> train.log 2>&1 &`)."""
     overrides, rest = [], iter(args)
     for arg in rest:
+        if SHELL_SYNTAX.fullmatch(arg):
+            break
         if arg in OPTIONS_WITH_VALUE:
             next(rest, None)
         elif not arg.startswith("-") and arg != "...":
@@ -198,6 +202,10 @@ def test_example_composes(command: str, overrides: list[str]) -> None:
         (
             "make search ARGS=\"model=gpt-tiny x='1 2'\" SEARCH=lora",
             ("train", ["hparams_search=lora", "model=gpt-tiny", "x=1 2"]),
+        ),
+        (
+            "nohup python -m pipeline.train a=1 > train.log 2>&1 &",
+            ("train", ["a=1"]),
         ),
         ("train.py   python -m pipeline.train: one experiment", None),
         ("evaluate/  # python -m pipeline.evaluate ckpt=x", None),

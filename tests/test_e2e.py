@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import TINY, in_shell, run_cli
+from tests.helpers import LIGHTNING, TINY, heavy, in_shell, run_cli, run_recorded
 
 pytestmark = pytest.mark.slow
 
@@ -19,14 +20,35 @@ def train(outputs: Path, *overrides: str) -> tuple[dict, Path]:
     result = run_cli("train", f"paths.outputs={outputs}", *TINY, *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_json,) = outputs.glob("runs/*/*/*/run.json")
+    (outputs.parent / "stdout.txt").write_text(result.stdout)
     return json.loads(run_json.read_text()), run_json.parent
+
+
+# Its output goes to a pipe, as under nohup or a scheduler: progress comes as plain lines.
+PROGRESS = ["trainer.enable_progress_bar=true", "trainer.progress_interval_s=0.05"]
 
 
 @pytest.fixture(scope="module")
 def clf_run(tmp_path_factory) -> tuple[dict, Path, Path]:
     outputs = tmp_path_factory.mktemp("clf") / "outputs"
-    record, run_dir = train(outputs)
+    record, run_dir = train(outputs, *PROGRESS)
     return record, run_dir, outputs
+
+
+def test_a_run_whose_output_is_not_a_terminal_prints_progress_lines(clf_run) -> None:
+    _, _, outputs = clf_run
+    printed = (outputs.parent / "stdout.txt").read_text()
+    steps = re.findall(
+        r"^step (\d+)/40 \(\d+%\) \| epoch ([12])/2 \| loss \d\.\d{4} \| [\d,]+ tokens/s "
+        r"\| elapsed \d+:\d\d( \| ETA \d+:\d\d)?$",
+        printed,
+        re.MULTILINE,
+    )
+    assert len(steps) >= 2 and steps[-1][0] == "40"  # the last line when training ends
+    assert [int(s) for s, *_ in steps] == sorted(int(s) for s, *_ in steps)
+    validations = re.findall(r"^validation at step (\d+): val/acc [\d.]+ \| val/f1", printed, re.M)
+    assert validations == ["20", "40"]
+    assert "\r" not in printed and "it/s" not in printed  # no bar drawn into the pipe
 
 
 def test_run_folder_holds_config_checkpoints_export_and_run_json(clf_run) -> None:
@@ -94,8 +116,10 @@ def test_the_command_tag_pasted_into_a_shell_trains_the_same_run(clf_run) -> Non
 
 def test_evaluate_reproduces_the_test_metrics(clf_run) -> None:
     record, run_dir, outputs = clf_run
-    result = run_cli("evaluate", f"ckpt={run_dir}", f"paths.outputs={outputs}")
+    result, modules = run_recorded("evaluate", f"ckpt={run_dir}", f"paths.outputs={outputs}")
     assert result.returncode == 0, result.stderr[-2000:]
+    # In plain torch: MLflow to record the evaluation, but no Lightning.
+    assert "mlflow" in modules and not heavy(modules, *LIGHTNING)
     (metrics_file,) = outputs.glob("evaluate/*/*/metrics.json")
     metrics = json.loads(metrics_file.read_text())["metrics"]
     assert metrics["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
@@ -103,21 +127,23 @@ def test_evaluate_reproduces_the_test_metrics(clf_run) -> None:
 
 def test_generate_on_a_classifier_labels_the_prompt(clf_run) -> None:
     _, run_dir, _ = clf_run
-    result = run_cli(
+    result, modules = run_recorded(
         "generate", f"ckpt={run_dir}", 'prompt="URGENT! Call 0800 to claim your prize"'
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ham" in result.stdout and "spam" in result.stdout
+    assert "torch" in modules and not heavy(modules, "mlflow", *LIGHTNING)
 
 
 def test_export_command_writes_weights_beside_the_run(clf_run, tmp_path: Path) -> None:
     _, run_dir, _ = clf_run
-    result = run_cli(
-        "export", f"ckpt={run_dir}", "export.formats=[weights]", f"export.dir={tmp_path}"
-    )
+    formats = "export.formats=[weights,hf]"
+    result, modules = run_recorded("export", f"ckpt={run_dir}", formats, f"export.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "weights" / "model.pth").stat().st_size > 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
     assert not list(tmp_path.glob("**/*.tmp"))
+    assert not heavy(modules, "mlflow", *LIGHTNING)
 
 
 def test_causal_lm_experiment_reports_perplexity_and_generates(tmp_path: Path) -> None:
@@ -134,16 +160,22 @@ def test_causal_lm_experiment_reports_perplexity_and_generates(tmp_path: Path) -
     assert 1 < ppl < 80
     hf_config = json.loads((run_dir / "export" / "hf" / "config.json").read_text())
     assert hf_config["architectures"] == ["GPT2LMHeadModel"]
-    result = run_cli(
+    result, modules = run_recorded(
         "generate", f"ckpt={run_dir}", "prompt=Hey", "max_new_tokens=8", "temperature=0"
     )
     assert result.returncode == 0 and result.stdout.startswith("Hey")
+    assert not heavy(modules, "mlflow", *LIGHTNING)
 
 
-def test_logger_none_trains_without_a_store(tmp_path: Path) -> None:
-    record, _ = train(tmp_path / "outputs", "logger=none", "trainer.max_epochs=1")
+def test_logger_none_trains_without_a_store_or_mlflow(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    args = ("logger=none", "trainer.max_epochs=1")
+    result, modules = run_recorded("train", f"paths.outputs={outputs}", *TINY, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_json,) = outputs.glob("runs/*/*/*/run.json")
+    record = json.loads(run_json.read_text())
     assert record["run_id"] is None and record["status"] == "FINISHED"
-    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+    assert not (outputs / "mlflow.db").exists() and "mlflow" not in modules
 
 
 def test_sweep_has_a_parent_run_a_summary_and_survives_a_failed_trial(tmp_path: Path) -> None:

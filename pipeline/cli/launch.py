@@ -13,9 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from pipeline.config.logger import LoggerConfig
-from pipeline.config.train import TrainConfig
 from pipeline.tracking.names import describe, key_of, run_name
-from pipeline.tracking.provenance import command
 from pipeline.tracking.uri import resolve_tracking_uri
 
 # Set by the sweep callback (cli/sweep.py) for its trials, in process or in worker processes.
@@ -69,34 +67,3 @@ def name_of_run() -> str:
         if values or trial is not None:
             return run_name(f"#{trial}" if trial is not None else "", values)
     return run_name(describe(task, choices) or f"{choices.model} {choices.data}")
-
-
-def search_callbacks() -> list:
-    """Inside a search trial, the callback that reports to its Optuna trial; else none."""
-    number = os.environ.get(TRIAL_ENV)
-    if number is None:
-        return []
-    from pipeline.config.search import is_search, load_search
-
-    if not HydraConfig.initialized() or not is_search(HydraConfig.get().sweeper):
-        return []
-    from pipeline.sweeps.trial import report_to
-
-    return [report_to(load_search(HydraConfig.get().sweeper), int(number))]
-
-
-def run_launch(cfg: TrainConfig):
-    """The Launch of the training run this process is part of."""
-    from pipeline.run.launch import Launch
-
-    return Launch(
-        run_dir=Path(HydraConfig.get().runtime.output_dir),
-        rank=global_rank(cfg.trainer.devices),
-        tracking_uri=tracking_uri(cfg.logger, cfg.paths.outputs),
-        parent_run_id=os.environ.get(PARENT_ENV),
-        stop_file=stop_file(),
-        callbacks=search_callbacks(),
-        command=command(list(HydraConfig.get().overrides.task)),
-        overrides=tuple(HydraConfig.get().overrides.task),
-        run_name=name_of_run(),
-    )

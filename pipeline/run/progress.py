@@ -89,13 +89,16 @@ class ProgressLog(pl.Callback):
             print(f"validation at step {trainer.global_step}: {' | '.join(found)}", flush=True)
 
     @staticmethod
-    def _fields(trainer: pl.Trainer) -> dict[str, str]:
-        fields = {"epoch": f"{trainer.current_epoch + 1}"}
-        if trainer.max_epochs and trainer.max_epochs > 0:
-            fields["epoch"] += f"/{trainer.max_epochs}"
+    def _fields(trainer: pl.Trainer) -> list[str]:
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        # Once the last epoch ends, Lightning's counter has moved past it.
+        epoch = (
+            trainer.current_epoch + 1 if epochs is None else min(trainer.current_epoch + 1, epochs)
+        )
+        fields = [f"epoch {epoch}" + (f"/{epochs}" if epochs else "")]
         metrics = trainer.callback_metrics
         if "train/loss_step" in metrics:
-            fields["loss"] = f"{float(metrics['train/loss_step']):.4f}"
+            fields.append(f"loss {float(metrics['train/loss_step']):.4f}")
         if "train/tokens_per_sec" in metrics:
-            fields["tokens/s"] = f"{float(metrics['train/tokens_per_sec']):,.0f}"
+            fields.append(f"{float(metrics['train/tokens_per_sec']):,.0f} tokens/s")
         return fields

@@ -23,14 +23,11 @@ from pipeline.errors import TrialPruned, UserError
 from pipeline.record import RunRecord, Status
 from pipeline.run.faults import StopOnSignal
 from pipeline.run.launch import Launch
-from pipeline.run.logged_models import log_run_models
 from pipeline.run.resume import Resume
-from pipeline.tracking.client import open_experiment
-from pipeline.tracking.datasets import log_datasets
-from pipeline.tracking.logger import BatchedMLflowLogger
-from pipeline.tracking.monitor import system_monitor
 from pipeline.tracking.provenance import data_digests, redact
-from pipeline.tracking.runs import failure_tags, finish_run, last_step, reopen_run, start_run
+
+# MLflow is imported only by a run that records one (its imports are seconds of start-up):
+# the tracking modules are imported where the MLflow run is opened and closed.
 
 
 class Recorder:
@@ -54,6 +51,10 @@ class Recorder:
         self.started = time.time()
         cfg, launch = self.cfg, self.launch
         if cfg.logger.name == "mlflow" and launch.rank == 0:
+            from pipeline.tracking.logger import BatchedMLflowLogger
+            from pipeline.tracking.monitor import system_monitor
+            from pipeline.tracking.runs import last_step
+
             self.tracked = self._open()
             # Steps logged before an interruption are not logged a second time.
             self.logger = BatchedMLflowLogger(self.tracked, skip_through=last_step(self.tracked))
@@ -73,6 +74,10 @@ class Recorder:
         return self
 
     def _open(self):
+        from pipeline.tracking.client import open_experiment
+        from pipeline.tracking.datasets import log_datasets
+        from pipeline.tracking.runs import reopen_run, start_run
+
         record = self.resume.record if self.resume else None
         if record and record.run_id:
             return reopen_run(self.launch.tracking_uri, record.run_id)
@@ -101,6 +106,9 @@ class Recorder:
         if not self.tracked:
             record.write(self.run_dir, self.launch.rank)
             return
+        from pipeline.run.logged_models import log_run_models
+        from pipeline.tracking.runs import failure_tags, finish_run
+
         record.ui_url = self.tracked.ui_url()
         try:
             if self.monitor:

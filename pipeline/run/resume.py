@@ -13,8 +13,7 @@ from pipeline import checkpoint as ckpt_format
 from pipeline.config.train import TrainConfig
 from pipeline.config.validate import validate
 from pipeline.errors import UserError
-from pipeline.record import RunRecord, Status
-from pipeline.tracking.client import is_run_id, run_dir_of
+from pipeline.record import RunRecord, Status, is_run_id
 
 # What a resumed run may take from its new command line. Anything else (model, data, task,
 # optimizer, LoRA, sparsity, seed) would make it another run.
@@ -54,6 +53,8 @@ def locate_resume(
     if resume == "auto":
         path = _newest_unfinished(outputs / "runs" / experiment)
     elif is_run_id(resume) and not Path(resume).exists() and tracking_uri is not None:
+        from pipeline.tracking.client import run_dir_of  # MLflow, only to look the run up
+
         path = run_dir_of(tracking_uri, resume)
     else:
         path = Path(resume).expanduser().resolve()
