@@ -108,6 +108,10 @@ def run(ctx: Context) -> list[Figure]:
 
     def case(name: str):
         def measure() -> float:
+            if ctx.mode == "smoke":
+                # The smoke test checks the figures' making, not memory apart: no process each.
+                records[name].append(child(name, ctx.mode))
+                return records[name][-1]["step_s"]
             cmd = [sys.executable, "-m", "benchmarks.lora", name, ctx.mode]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             records[name].append(json.loads(out.strip().splitlines()[-1]))
