@@ -53,15 +53,34 @@ def train_in_process(overrides: list[str], tmp_path: Path) -> dict:
     return train_config(cfg, run_dir)
 
 
-def train_config(cfg: TrainConfig, run_dir: Path) -> dict:
+def train_config(cfg: TrainConfig, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict:
     """pipeline.run.run.train in `run_dir`, tracked where the command would track it;
-    returns what run.json records."""
+    returns what run.json records. `overrides`: the command line's, as a resume weighs them."""
     from pipeline.run.launch import Launch
     from pipeline.run.run import train
     from pipeline.tracking.uri import resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.logger.tracking_uri, None, cfg.paths.outputs)
-    return train(cfg, Launch(run_dir, tracking_uri=uri)).to_dict()
+    return train(cfg, Launch(run_dir, tracking_uri=uri, overrides=overrides)).to_dict()
+
+
+def train_here(outputs: Path, *overrides: str) -> dict:
+    """`python -m pipeline.train paths.outputs=<outputs> <overrides>` in this process (a few
+    seconds of start-up less than a command line), in a run folder where the command would
+    make one; a resume continues the folder of the run it resumes. Returns run.json's record."""
+    import datetime
+
+    seed_store([*overrides, f"paths.outputs={outputs}"])
+    cfg = app_config(list(overrides), outputs)
+    now = datetime.datetime.now()
+    run_dir = (
+        outputs / "runs" / cfg.logger.experiment_name / f"{now:%Y-%m-%d}" / f"{now:%H-%M-%S-%f}"
+    )
+    run_dir.mkdir(parents=True)
+    record = train_config(cfg, run_dir, tuple(overrides))
+    if not any(run_dir.iterdir()):
+        run_dir.rmdir()  # a resume wrote into the folder it continued
+    return record
 
 
 # A new MLflow SQLite store costs MLflow 2 to 3 s of schema migrations, in every one of the

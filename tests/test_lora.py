@@ -21,7 +21,7 @@ from pipeline.formats import export_trained
 from pipeline.lora import apply_lora, plain_copy
 from pipeline.model.gpt import GPTConfig, GPTModel
 from pipeline.model.heads import pool_last_token
-from tests.helpers import TINY, app_config, kill_at_step, run_cli, train_in_process
+from tests.helpers import TINY, app_config, kill_at_step, train_here, train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +218,7 @@ def test_killed_lora_run_resumes_to_the_same_weights_with_a_small_checkpoint(tmp
     args = [*TINY, "lora=default", f"model.init_from={base_dir}"]
     args += ["trainer.checkpoint.every_n_train_steps=5"]  # killed at step 5, well before the end
 
-    straight = run_cli("train", f"paths.outputs={tmp_path / 'a'}", *args)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    straight = train_here(tmp_path / "a", *args)  # in this process: only the killed one is not
     outputs = tmp_path / "b"
     kill_at_step(outputs, 5, signal.SIGKILL, *args).wait(timeout=60)
     (run_dir,) = (p.parent for p in outputs.glob("runs/*/*/*/run.json"))
@@ -230,13 +229,11 @@ def test_killed_lora_run_resumes_to_the_same_weights_with_a_small_checkpoint(tmp
     weight_bytes = sum(v.numel() * v.element_size() for v in state.values())
     assert weight_bytes < (base_dir / "model.safetensors").stat().st_size / 4
 
-    resumed = run_cli("train", f"paths.outputs={outputs}", *args, "resume=auto")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    train_here(outputs, *args, "resume=auto")
     record = json.loads((run_dir / "run.json").read_text())
     assert record["run_id"] == first["run_id"] and record["resumed"] == 1
     assert record["status"] == "FINISHED"
-    (ref_json,) = (tmp_path / "a").glob("runs/*/*/*/run.json")
-    reference = torch.load(ref_json.parent / "checkpoints" / "last.ckpt", weights_only=True)
+    reference = torch.load(Path(straight["paths"]["last_checkpoint"]), weights_only=True)
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == reference["global_step"]
     for key, value in reference["state_dict"].items():

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.client import TrackedRun, open_experiment
 from pipeline.tracking.runs import last_step
-from tests.helpers import TINY, run_cli, seed_store, wait_until_up
+from tests.helpers import TINY, run_cli, seed_store, train_here, wait_until_up
 from tests.test_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -26,23 +26,24 @@ PROMPT = "URGENT! You have won a prize, call now"
 
 
 def _train(outputs: Path, *args: str, epochs: int = 1) -> dict:
-    result = run_cli(
-        "train",
-        f"paths.outputs={outputs}",
-        *TINY,
-        f"trainer.max_epochs={epochs}",
-        "logger.log_models=final",
-        *args,
+    """A tracked run in this process (what it records is the command's: test_e2e.py runs it
+    as a command line)."""
+    return train_here(
+        outputs, *TINY, f"trainer.max_epochs={epochs}", "logger.log_models=final", *args
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    (run_json,) = outputs.glob("runs/*/*/*/run.json")
-    return json.loads(run_json.read_text())
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory) -> tuple[Path, dict]:
     outputs = tmp_path_factory.mktemp("classifier") / "outputs"
     return outputs, _train(outputs, "logger.register_as=sms-spam")
+
+
+@pytest.fixture(scope="module")
+def generated(classifier) -> dict[str, float]:
+    """What python -m pipeline.generate says of PROMPT with the classifier."""
+    outputs, record = classifier
+    return _generated_probabilities(record["paths"]["run_dir"], outputs)
 
 
 def _client(outputs: Path) -> MlflowClient:
@@ -74,7 +75,9 @@ def test_a_run_logs_its_splits_as_datasets_found_by_digest(classifier) -> None:
     assert [r.info.run_id for r in found] == [record["run_id"]]
 
 
-def test_the_final_model_loads_with_mlflow_and_predicts_what_generate_says(classifier) -> None:
+def test_the_final_model_loads_with_mlflow_and_predicts_what_generate_says(
+    classifier, generated
+) -> None:
     outputs, record = classifier
     client = _client(outputs)
     run = client.get_run(record["run_id"])
@@ -93,13 +96,12 @@ def test_the_final_model_loads_with_mlflow_and_predicts_what_generate_says(class
     assert record["registered_model"] == "models:/sms-spam@candidate"
     mlflow.set_tracking_uri(f"sqlite:///{outputs}/mlflow.db")
     predicted = mlflow.pyfunc.load_model("models:/sms-spam@candidate").predict([PROMPT])
-    expected = _generated_probabilities(record["paths"]["run_dir"], outputs)
     assert predicted["label"][0] == "spam"  # the export's one logit is P(spam)
-    assert predicted["score"][0] == pytest.approx(expected["spam"], abs=1e-3)
+    assert predicted["score"][0] == pytest.approx(generated["spam"], abs=1e-3)
 
 
-def test_mlflow_models_serve_answers_with_generate_s_probability(classifier) -> None:
-    outputs, record = classifier
+def test_mlflow_models_serve_answers_with_generate_s_probability(classifier, generated) -> None:
+    outputs, _ = classifier
     port = free_port()
     # As `make serve` runs it: MLflow starts uvicorn from the PATH, so the venv's bin is on it.
     mlflow_bin = Path(sys.executable).with_name("mlflow")
@@ -123,9 +125,8 @@ def test_mlflow_models_serve_answers_with_generate_s_probability(classifier) -> 
     finally:
         server.terminate()
         server.wait(timeout=30)
-    expected = _generated_probabilities(record["paths"]["run_dir"], outputs)
     assert answer["label"] == "spam"
-    assert answer["score"] == pytest.approx(expected["spam"], abs=1e-3)
+    assert answer["score"] == pytest.approx(generated["spam"], abs=1e-3)
 
 
 def test_a_language_model_logs_every_kept_checkpoint_and_greedy_text(tmp_path: Path) -> None:
@@ -206,31 +207,17 @@ def test_evaluate_is_a_run_nested_under_the_training_run_with_its_table(classifi
 
 
 def test_a_registry_that_fails_leaves_the_run_finished_with_the_failure_tagged(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch, capsys
 ) -> None:
     """The registry (MLFLOW_REGISTRY_URI) does not answer: the model is still logged, the run
     still ends FINISHED, and the failure is a warning and a tag, after training."""
     outputs = tmp_path / "outputs"
     nobody = f"http://127.0.0.1:{free_port()}"
-    env = {
-        "MLFLOW_REGISTRY_URI": nobody,
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-    }
-    result = run_cli(
-        "train",
-        f"paths.outputs={outputs}",
-        *TINY,
-        "trainer.max_epochs=1",
-        "logger.log_models=final",
-        "logger.register_as=sms-spam",
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "warning: could not register the model as 'sms-spam'" in result.stderr
-    assert "Traceback" not in result.stderr
-    (run_json,) = outputs.glob("runs/*/*/*/run.json")
-    record = json.loads(run_json.read_text())
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", nobody)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    record = _train(outputs, "logger.register_as=sms-spam")
+    assert "warning: could not register the model as 'sms-spam'" in capsys.readouterr().err
     assert record["status"] == "FINISHED" and "registered_model" not in record
     run = _client(outputs).get_run(record["run_id"])
     assert run.info.status == "FINISHED" and "registry.error" in run.data.tags

@@ -25,9 +25,9 @@ from tests.helpers import (
     TINY,
     app_config,
     kill_at_step,
-    run_cli,
     step_of,
     train_config,
+    train_here,
     train_in_process,
 )
 
@@ -302,17 +302,14 @@ def test_a_killed_run_resumes_masks_and_schedule_exactly(tmp_path):
     args += ["trainer.checkpoint.every_n_train_steps=3"]
     args += ["sparsity=gradual", "sparsity.start_step=5", "sparsity.end_step=45"]
     args += ["sparsity.frequency=5", "sparsity.measure.activations=false"]
-    straight = run_cli("train", f"paths.outputs={tmp_path / 'a'}", *args)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    straight = train_here(tmp_path / "a", *args)  # in this process: only the killed one is not
     outputs = tmp_path / "b"
     kill_at_step(outputs, 24, signal.SIGKILL, *args).wait(timeout=60)
     (run_dir,) = (p.parent for p in outputs.glob("runs/*/*/*/run.json"))
     killed = step_of(run_dir / "checkpoints" / "last.ckpt")
     assert killed < 45 and killed % 20  # mid-epoch, before the schedule ended
-    resumed = run_cli("train", f"paths.outputs={outputs}", *args, "resume=auto")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    (ref,) = (tmp_path / "a").glob("runs/*/*/*/checkpoints/last.ckpt")
-    a = torch.load(ref, weights_only=True)
+    train_here(outputs, *args, "resume=auto")
+    a = torch.load(straight["paths"]["last_checkpoint"], weights_only=True)
     b = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 60
     assert a["sparsity"]["history"] == b["sparsity"]["history"]
