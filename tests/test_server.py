@@ -55,20 +55,34 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def test_training_records_into_a_tracking_server_over_http(server, tmp_path: Path) -> None:
-    outputs = tmp_path / "outputs"
+# A password in the tracking URI and tokens in the environment, planted to leak: one run
+# serves both the recording over HTTP and the secrets tests.
+SECRETS = {"uri": "pw-in-the-uri-5f2c", "env": "hf_token_in_env_9a7e"}
+
+
+@pytest.fixture(scope="module")
+def served_run(server, tmp_path_factory) -> tuple[dict, Path]:
+    outputs = tmp_path_factory.mktemp("served") / "outputs"
+    user_uri = server.replace("http://", f"http://alice:{SECRETS['uri']}@")
     result = run_cli(
         "train",
         f"paths.outputs={outputs}",
         *TINY,
         "trainer.max_epochs=1",
         "logger.log_models=final",
-        f"logger.tracking_uri={server}",
+        f"logger.tracking_uri={user_uri}",
+        env={"HF_TOKEN": SECRETS["env"], "MLFLOW_TRACKING_TOKEN": SECRETS["env"]},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     (run_json,) = outputs.glob("runs/*/*/*/run.json")
-    record = json.loads(run_json.read_text())
-    assert record["tracking_uri"] == server and record["ui_url"].startswith(server)
+    return json.loads(run_json.read_text()), outputs
+
+
+def test_training_records_into_a_tracking_server_over_http(server, served_run) -> None:
+    record, outputs = served_run
+    # The URI recorded has its password redacted.
+    public = server.replace("http://", "http://***@")
+    assert record["tracking_uri"] == public and record["ui_url"].startswith(public)
     client = MlflowClient(server)
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["model.name"] == "gpt-tiny"
@@ -101,23 +115,9 @@ def test_an_unreachable_server_fails_fast_before_any_work(tmp_path: Path) -> Non
     assert not list(outputs.glob("runs/*/*/*/run.json")) and not (outputs / "data").exists()
 
 
-def test_secrets_never_reach_the_mlflow_record(server, tmp_path: Path) -> None:
-    """A password in the tracking URI and tokens in the environment: none of them appears in
-    any param, tag, metric name or artifact of the run."""
-    secrets = {"uri": "pw-in-the-uri-5f2c", "env": "hf_token_in_env_9a7e"}
-    user_uri = server.replace("http://", f"http://alice:{secrets['uri']}@")
-    outputs = tmp_path / "outputs"
-    result = run_cli(
-        "train",
-        f"paths.outputs={outputs}",
-        *TINY,
-        "trainer.max_epochs=1",
-        f"logger.tracking_uri={user_uri}",
-        env={"HF_TOKEN": secrets["env"], "MLFLOW_TRACKING_TOKEN": secrets["env"]},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    (run_json,) = outputs.glob("runs/*/*/*/run.json")
-    record = json.loads(run_json.read_text())
+def test_secrets_never_reach_the_mlflow_record(server, served_run, tmp_path: Path) -> None:
+    """None of the planted secrets appears in any param, tag, metric name or artifact."""
+    record, _ = served_run
     client = MlflowClient(server)
     run = client.get_run(record["run_id"])
     assert run.data.params["logger.tracking_uri"] == server.replace("http://", "http://***@")
@@ -129,6 +129,6 @@ def test_secrets_never_reach_the_mlflow_record(server, tmp_path: Path) -> None:
     files = [p for p in downloaded.rglob("*") if p.is_file()]
     assert {"config.yaml", "run.json", "packages.txt"} <= {p.name for p in files}
     texts += [p.read_bytes().decode("utf-8", "replace") for p in files]
-    for secret in secrets.values():
+    for secret in SECRETS.values():
         assert not [t for t in texts if secret in t], f"{secret} leaked into the record"
     assert "***@" in run.data.tags["command"]  # the planted password was there to leak
