@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,9 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from benchmarks.common import gpt_shape, train_flops_per_token
-from benchmarks.run import BENCHMARKS, EXPERIMENT
-from pipeline.config.paths import PROJECT_ROOT
+from benchmarks.run import BENCHMARKS, EXPERIMENT, main
 from pipeline.model.gpt import GPTModel
-from tests.helpers import cli_env
+from tests.helpers import seed_store
 
 
 def test_flops_count_every_matmul_weight_once() -> None:
@@ -33,15 +31,14 @@ def test_flops_count_every_matmul_weight_once() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # about 2 minutes on 2 idle cores; much longer on a busy machine
 def test_smoke_suite_writes_results_and_logs_them(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--outputs", str(tmp_path)],
-        cwd=PROJECT_ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=1100,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    # make bench's runner in this process (its command line is argparse over main's argv).
+    seed_store([f"paths.outputs={tmp_path}"])
+    lightning = logging.getLogger("pytorch_lightning")
+    level = lightning.level
+    try:
+        main(["--smoke", "--outputs", str(tmp_path)])
+    finally:
+        lightning.setLevel(level)
     (folder,) = (tmp_path / "bench").iterdir()
     results = json.loads((folder / "results.json").read_text())
     assert results["mode"] == "smoke" and list(results["benchmarks"]) == BENCHMARKS
