@@ -37,8 +37,8 @@ def test_gpt2_family_shapes() -> None:
 
 
 @pytest.mark.parametrize("name", ["config", "evaluate", "generate", "export"])
-def test_every_entry_point_config_composes(name: str) -> None:
-    cfg = compose_config(["ckpt=x"] if name != "config" else [], config_name=name)
+def test_every_entry_point_config_composes(name: str, tmp_path) -> None:
+    cfg = compose_config([f"ckpt={tmp_path}"] if name != "config" else [], config_name=name)
     assert validate(cfg, SCHEMAS[name]).seed == 42
 
 
@@ -76,7 +76,7 @@ def test_a_refused_command_never_removes_the_working_directory(tmp_path) -> None
     empty = tmp_path / "empty"
     empty.mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.generate", "ckpt=x", "max_new_tokens=-1"],
+        [sys.executable, "-m", "pipeline.generate", "ckpt=.", "max_new_tokens=-1"],
         cwd=empty,
         capture_output=True,
         text=True,

@@ -173,7 +173,7 @@ def test_an_unreachable_judge_fails_fast_before_any_work() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed once the probe is
     started = time.monotonic()
-    done = run_cli("evaluate", "ckpt=/nowhere", f"judge.url=http://127.0.0.1:{port}/v1")
+    done = run_cli("evaluate", "ckpt=.", f"judge.url=http://127.0.0.1:{port}/v1")
     assert done.returncode == 2 and time.monotonic() - started < 15
     assert done.stderr.startswith(f"error: The judge at http://127.0.0.1:{port}/v1 does not answer")
     assert "Traceback" not in done.stderr

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import signal
 import sys
-import tempfile
 import traceback
 import warnings
 from collections.abc import Callable
@@ -20,7 +20,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli.launch import stop_file
+from pipeline.config.base import fail
 from pipeline.config.commands import SCHEMAS
+from pipeline.config.locations import check_folder, check_folder_name
 from pipeline.config.paths import CONF_DIR, PROJECT_ROOT
 from pipeline.config.validate import validate
 from pipeline.errors import BUG_REPORT, Interrupted, TrialPruned, UserError
@@ -51,7 +53,7 @@ def hydra_command(config_name: str) -> Callable[[Callable[[Any], Any]], Callable
                     error = f"not started: sweep stopped by {name}"
                     return {"status": Status.KILLED.value, "error": error}
             try:
-                return fn(validate(cfg, SCHEMAS[config_name]))
+                return fn(validate(cfg, SCHEMAS[config_name], file_store_allowed()))
             except TrialPruned as exc:
                 # Not a failure: the search's pruner stopped this trial (recorded in run.json).
                 print(f"Trial pruned: {exc}", file=sys.stderr)
@@ -109,9 +111,22 @@ def check_overrides(argv: list[str]) -> None:
             sys.exit(2)
 
 
+def file_store_allowed() -> bool:
+    """MLFLOW_ALLOW_FILE_STORE, read as MLflow reads it (which raises ValueError on any other
+    value, when the store is opened)."""
+    value = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "false")
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise UserError(
+            f"MLFLOW_ALLOW_FILE_STORE={value!r} is not allowed: true, false, 1 or 0, as MLflow "
+            "reads it. Fix or unset it in the environment."
+        )
+    return value.lower() in ("true", "1")
+
+
 class CheckOutputs(Callback):
-    """Refuse an unwritable paths.outputs in one sentence, before Hydra creates the run
-    folder in it (which would otherwise fail with a traceback)."""
+    """Refuse an unwritable paths.outputs, or an experiment name that cannot be a folder, in
+    one sentence before Hydra creates the run folder of them (which would otherwise fail with
+    a traceback). Validation checks both again, with the same checks."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)
@@ -121,18 +136,14 @@ class CheckOutputs(Callback):
 
     @staticmethod
     def _check(config: DictConfig) -> None:
-        outputs = Path(str(config.paths.outputs)).expanduser()
-        try:
-            outputs.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=outputs):
-                pass
-        except OSError as exc:
-            print(
-                f"error: Cannot write to paths.outputs={outputs} ({exc.strerror}). Point "
-                "paths.outputs at a writable folder, e.g. paths.outputs=$HOME/gpt-outputs.",
-                file=sys.stderr,
-            )
-            sys.exit(2)
+        checks = {"paths.outputs": check_folder, "logger.experiment_name": check_folder_name}
+        for key, check in checks.items():
+            value = str(OmegaConf.select(config, key))
+            try:
+                check(value)
+            except ValueError as exc:
+                print(f"error: {fail(key, value, str(exc))}", file=sys.stderr)
+                sys.exit(2)
 
 
 def _discard_empty_run_dir() -> None:

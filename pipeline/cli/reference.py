@@ -161,8 +161,9 @@ def _is_union(annotation: Any) -> bool:
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
-    if annotation == LocalPath:
-        return "path"
+    if origin is typing.Annotated:  # a type with checks (config/locations.py): its base type
+        path = LocalPath.__metadata__[0] in annotation.__metadata__
+        return "path" if path else _type_name(annotation.__origin__)
     if origin is typing.Literal:
         return "choice"
     if origin in (list, tuple):

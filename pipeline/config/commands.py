@@ -3,16 +3,17 @@ export.yaml), on top of the training config they compose first."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from pipeline.config.base import Group, LocalPath
+from pipeline.config.base import Group
+from pipeline.config.locations import ReadFile, ReadPath, check_url
 from pipeline.config.train import TrainConfig
 
 
 class FromCheckpoint(TrainConfig):
-    ckpt: LocalPath
+    ckpt: ReadPath
     """A run folder, a Lightning .ckpt, or an export folder in any layout model.init_from reads."""
 
     def _check_export(self) -> None:
@@ -21,7 +22,7 @@ class FromCheckpoint(TrainConfig):
 
 
 class JudgeConfig(Group):
-    url: str | None = None
+    url: Annotated[str, AfterValidator(check_url)] | None = None
     """An OpenAI-compatible endpoint that scores instruct answers 0-100 (Ollama:
     http://127.0.0.1:11434/v1); null: no judge."""
     model: str = "llama3"
@@ -49,7 +50,7 @@ class GenerateConfig(FromCheckpoint):
     """Sampling temperature; 0 is greedy decoding."""
     top_k: int | None = Field(default=None, gt=0)
     """Sample only among the k most likely tokens; null: all."""
-    messages: LocalPath | None = None
+    messages: ReadFile | None = None
     """A JSON file of a conversation so far ([{role, content}, ...]) that the model answers in
     its chat template, instead of prompt."""
     chat: bool | None = None

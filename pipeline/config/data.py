@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from pipeline.config.base import Group, LocalPath, fail
+from pipeline.config.locations import (
+    check_file,
+    check_file_or_folder,
+    check_written_file,
+    checked,
+)
 
 
 class TokenizerConfig(Group):
@@ -101,8 +106,17 @@ class DataConfig(Group):
                 f"data.val_fraction + data.test_fraction (now {self.test_fraction}) must stay "
                 "below 1",
             )
-        if self.synthetic_examples is None:
-            for key in ("path", "val_path", "test_path"):
-                value = getattr(self, key)
-                if value is not None and not Path(value).is_file():
-                    raise fail(f"data.{key}", value, "an existing file (no such file)")
+        self._check_files()
+
+    def _check_files(self) -> None:
+        # Here and not in the field types: a recorded run's data is also read alone
+        # (evaluate), where its files may be gone and the reader says so.
+        # Only data.path is generated when missing.
+        checked(
+            "data.path", self.path, check_written_file if self.synthetic_examples else check_file
+        )
+        for key in ("val_path", "test_path"):
+            if getattr(self, key) is not None:
+                checked(f"data.{key}", getattr(self, key), check_file)
+        if self.tokenizer.path:
+            checked("data.tokenizer.path", self.tokenizer.path, check_file_or_folder)

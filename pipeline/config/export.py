@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from pipeline.config.base import SIZE_PATTERN, Group, parse_size
+from pipeline.config.locations import WriteFolder
 
 EXPORT_FORMATS = ("hf", "weights", "onnx", "adapter", "merged", "gguf")
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
@@ -24,7 +25,7 @@ class ExportConfig(Group):
     """hf (config.json + model.safetensors + tokenizer, for transformers), weights (a plain
     model.pth state_dict), onnx (model.onnx, onnxruntime), gguf (llama.cpp and Ollama, with a
     Modelfile), adapter and merged (LoRA runs)."""
-    dir: str | None = None
+    dir: WriteFolder | None = None
     """Where they are written; null: <run folder>/export."""
     max_shard_size: str = Field(default="5GB", pattern=SIZE_PATTERN)
     """Larger safetensors weights are split into shards with an index, as transformers does."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from pipeline.config.base import Group, LocalPath, fail
+from pipeline.config.locations import check_file_or_folder, checked
 from pipeline.errors import UserError
 
 
@@ -97,10 +97,8 @@ class ModelConfig(Group):
                 None,
                 "a Hugging Face model directory (config.json + weights) when model=hf",
             )
-        if self.init_from and not Path(self.init_from).expanduser().exists():
-            raise fail(
-                "model.init_from", self.init_from, "an existing directory or file (not found)"
-            )
+        if self.init_from:
+            checked("model.init_from", self.init_from, check_file_or_folder)
         if self.arch == "gpt" and self.emb_dim % self.n_heads:
             divisors = [h for h in range(1, min(self.emb_dim, 64) + 1) if self.emb_dim % h == 0]
             raise fail(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import AfterValidator
+
 from pipeline.config.base import Group, fail
 from pipeline.config.data import DataConfig
 from pipeline.config.export import ExportConfig
+from pipeline.config.locations import check_path_text
 from pipeline.config.logger import LoggerConfig
 from pipeline.config.lora import LoraConfig
 from pipeline.config.model import ModelConfig, check_context, check_exportable
@@ -17,7 +22,7 @@ from pipeline.config.trainer import TrainerConfig
 class TrainConfig(Group):
     seed: int
     """One seed for the data split, weight init, and data order."""
-    resume: str | None = None
+    resume: Annotated[str, AfterValidator(check_path_text)] | None = None
     """Continue an interrupted run in its own folder and MLflow run: auto (the latest
     unfinished run of logger.experiment_name), a run folder, an MLflow run id, or a .ckpt."""
     paths: PathsConfig
@@ -30,8 +35,9 @@ class TrainConfig(Group):
     logger: LoggerConfig
     export: ExportConfig = ExportConfig()
 
-    def check(self) -> None:
-        """Rules that involve more than one field: each group's own, then those between them."""
+    def check(self, file_store_allowed: bool | None = None) -> None:
+        """Rules that involve more than one field: each group's own, then those between them.
+        `file_store_allowed`: whether the environment opts into MLflow's file store."""
         self.model.check()
         self._check_export()
         self.lora.check()
@@ -40,6 +46,7 @@ class TrainConfig(Group):
             check_context(self.data.max_length, self.model.context_length, pretrained=False)
         self.data.check()
         self.trainer.check()
+        self.logger.check(file_store_allowed)
         if self.logger.log_checkpoint == "best" and self.trainer.checkpoint.save_top_k == 0:
             raise fail(
                 "logger.log_checkpoint",

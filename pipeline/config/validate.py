@@ -33,14 +33,20 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
         ) from None
 
 
-def validate(cfg: DictConfig | dict[str, Any], schema: type[Schema] = TrainConfig) -> Schema:
-    """Check types, ranges and cross-field rules; raise UserError naming the first bad key."""
+def validate(
+    cfg: DictConfig | dict[str, Any],
+    schema: type[Schema] = TrainConfig,
+    file_store_allowed: bool | None = None,
+) -> Schema:
+    """Check types, ranges and cross-field rules; raise UserError naming the first bad key.
+    `file_store_allowed`: whether the environment opts into MLflow's file store
+    (MLFLOW_ALLOW_FILE_STORE, read by the command); None where no command read it."""
     raw = to_container(cfg) if isinstance(cfg, DictConfig) else cfg
     try:
         app = schema.model_validate(raw)
     except ValidationError as exc:
         raise _describe(exc.errors()[0], schema) from None
-    app.check()
+    app.check(file_store_allowed)
     return app
 
 
@@ -62,6 +68,8 @@ def _describe(error: Any, schema: type[BaseModel]) -> UserError:
         message = "must be a size such as 500MB, 5GB or 2GiB"
     if message.startswith("Input should be "):
         message = "must be " + message[len("Input should be ") :]
+    # A check of pipeline/config/locations.py says what is allowed.
+    message = message.removeprefix("Value error, ")
     return fail(key, error.get("input"), message)
 
 
