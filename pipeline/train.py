@@ -15,7 +15,7 @@ def main(cfg: TrainConfig) -> dict[str, float]:
     from pipeline.cli.launch import launched_externally, multirun, tracking_uri
     from pipeline.config.paths import PROJECT_ROOT
     from pipeline.run.distributed import check_multirun
-    from pipeline.tracking.uri import check_server, default_tracking_uri
+    from pipeline.tracking.uri import check_store, default_tracking_uri
 
     if multirun():
         launcher = HydraConfig.get().launcher.get("_target_", "")
@@ -27,7 +27,7 @@ def main(cfg: TrainConfig) -> dict[str, float]:
             return kept
     if cfg.logger.name == "mlflow":
         # Before torch, Lightning and MLflow load: an unreachable server is reported at once.
-        check_server(tracking_uri(cfg.logger, cfg.paths.outputs))
+        check_store(tracking_uri(cfg.logger, cfg.paths.outputs))
     from pipeline.cli.training import run_launch
     from pipeline.run.run import train
     from pipeline.run.summary import print_summary

@@ -3,7 +3,6 @@ and runs looked up by id."""
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +10,10 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.errors import UserError
+from pipeline.config.locations import STORES
+from pipeline.errors import UserError, first_line
 from pipeline.tracking.provenance import redact
 
 
@@ -72,11 +73,25 @@ class TrackedRun:
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
+# What opening a store raises when it cannot be opened: MLflow's refusals (its file store
+# without MLFLOW_ALLOW_FILE_STORE, a server's errors), a database driver not installed, the
+# database's own refusal, a folder that cannot be made. Validation refuses what it can tell
+# from logger.tracking_uri alone; MLFLOW_TRACKING_URI and the store itself are met here.
+_UNOPENED = (MlflowException, ImportError, SQLAlchemyError, OSError)
+
+
 def open_experiment(uri: str, name: str, outputs: str | Path) -> tuple[Client, str]:
     """The client and id of experiment `name`, created if it is new. A local store keeps its
     artifacts under <outputs>/mlartifacts; a server decides for itself."""
-    client = Client(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(name)
+    try:
+        client = Client(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(name)
+    except _UNOPENED as exc:
+        raise UserError(
+            f"MLflow could not open the tracking store {redact(uri)} ({first_line(exc)}). Fix "
+            f"logger.tracking_uri or MLFLOW_TRACKING_URI ({STORES}), or track nothing: "
+            "logger=none."
+        ) from None
     if experiment is not None:
         return client, experiment.experiment_id
     location = None
@@ -86,13 +101,15 @@ def open_experiment(uri: str, name: str, outputs: str | Path) -> tuple[Client, s
         # The UI opens a model-training experiment at its runs, not at GenAI traces.
         tags = {"mlflow.experimentKind": "custom_model_development"}
         return client, client.create_experiment(name, artifact_location=location, tags=tags)
-    except MlflowException:
-        # Another process created it between our lookup and our create.
-        return client, client.get_experiment_by_name(name).experiment_id
-
-
-def is_run_id(text: str) -> bool:
-    return re.fullmatch(r"[0-9a-f]{32}", text) is not None
+    except MlflowException as exc:
+        # Another process may have created it between our lookup and our create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise UserError(
+                f"MLflow refused to create the experiment {name!r} in {redact(uri)} "
+                f"({first_line(exc)}). Choose another logger.experiment_name."
+            ) from None
+        return client, experiment.experiment_id
 
 
 def recorded_run(uri: str, run_id: str, option: str):
