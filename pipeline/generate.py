@@ -58,10 +58,11 @@ def _messages(cfg: GenerateConfig) -> list[dict[str, str]]:
     from pathlib import Path
 
     from pipeline.data.instruct import check_turns
+    from pipeline.data.parsing import read_text
 
     path = Path(cfg.messages).expanduser()
     try:
-        turns = json.loads(path.read_text())
+        turns = json.loads(read_text(path))  # another encoding is refused naming its line
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"messages={path} could not be read as JSON ({exc}).") from None
     return check_turns(turns, f"messages={path}")
