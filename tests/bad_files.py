@@ -1,5 +1,6 @@
-"""Damaged and unusual weight files for the bad-input table (tests/test_bad_input.py): each a
-function that writes its file into a test's folder."""
+"""Damaged and unusual weight files, pipes, links and a tiny export for the bad-input table
+(tests/test_bad_input.py, tests/bad_locations.py) and the fuzzers: each a function that
+writes its file into a test's folder."""
 
 from __future__ import annotations
 
@@ -109,3 +110,25 @@ class _RunsCode:
 
 def code_pickle(tmp: Path) -> None:
     torch.save({"tok_emb.weight": torch.zeros(2), "x": _RunsCode(tmp / "pwned")}, tmp / "evil.pth")
+
+
+def fifo(name: str) -> Callable[[Path], None]:
+    """A named pipe: a reader waits on it forever, and a writer's rename replaces it."""
+    return lambda tmp: os.mkfifo(tmp / name)
+
+
+def link(name: str, target: str) -> Callable[[Path], None]:
+    """A symbolic link to `target` (to itself: a loop; to a missing name: a link to nothing)."""
+    return lambda tmp: (tmp / name).symlink_to(tmp / target)
+
+
+def hf_export(tmp: Path) -> None:
+    """A tiny GPT language model exported with its tokenizer, in export/hf/."""
+    from pipeline.assembly.trained import Trained
+    from pipeline.data.tokenizer import TextTokenizer
+    from pipeline.formats import export_trained
+    from pipeline.model.gpt import GPTConfig, GPTModel
+
+    tokenizer = TextTokenizer.train([f"message {i}" for i in range(30)], 300, 1)
+    model = GPTModel(GPTConfig(tokenizer.vocab_size, 16, 8, n_heads=2, n_layers=1))
+    export_trained(Trained(model, tokenizer), ["hf"], tmp / "export")

@@ -1,22 +1,23 @@
 """Every mistake a user can make, as one table: what they type, and what they are told.
 
-Each row runs `python -m pipeline.train` through its real entry point (Hydra included, in this
-process to save the start-up time; `test_a_refused_run_in_a_real_process` checks the process
-itself). Every row must: exit non-zero within seconds, print one paragraph that names the
-problem (no traceback), leave no half-written file, and leave no MLflow run in RUNNING: no run
-at all when the mistake is caught before training, else one FAILED run with the reason as its
-`error` tag. docs/troubleshooting.md lists the same errors.
+Each row runs `python -m pipeline.train` (or the command it names) through its real entry
+point (Hydra included, in this process to save the start-up time;
+`test_a_refused_run_in_a_real_process` checks the process itself). Every row must: exit
+non-zero within seconds, print one paragraph that names the problem (no traceback), leave no
+half-written file, and leave no MLflow run in RUNNING: no run at all when the mistake is caught
+before training, else one FAILED run with the reason as its `error` tag. The rows of values
+that name a file, a folder or a URL are in tests/bad_locations.py. docs/troubleshooting.md
+lists the same errors.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import resource
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -33,39 +34,9 @@ from tests.bad_files import (
     integer_weights,
     truncated_weights,
 )
+from tests.bad_locations import LOCATIONS
+from tests.bad_table import NO_GPU, TSV_ROWS, Case, demo_rows, tsv, write
 from tests.helpers import TINY, run_cli
-
-TSV_ROWS = [f"message number {i} {'win cash' if i % 3 else 'see you'}" for i in range(60)]
-
-
-def tsv(rows: list[tuple[str, str]], header: str = "text\tlabel") -> str:
-    return "\n".join([header, *(f"{a}\t{b}" for a, b in rows)]) + "\n"
-
-
-def demo_rows() -> list[tuple[str, str]]:
-    return [(text, "spam" if i % 3 else "ham") for i, text in enumerate(TSV_ROWS)]
-
-
-def write(name: str, content: str | bytes) -> Callable[[Path], None]:
-    def setup(tmp: Path) -> None:
-        path = tmp / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
-
-    return setup
-
-
-@dataclass
-class Case:
-    args: str  # overrides; {tmp} is the test's folder
-    expect: str  # a regular expression the message must match
-    setup: Callable[[Path], None] | None = None
-    during_training: bool = False  # a FAILED run is left; else no run at all
-    exit_code: int = 2  # 1: refused by Hydra itself (its own message)
-    marks: list = field(default_factory=list)
-
-
-NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 
 CASES: dict[str, Case] = {
     # -- config: unknown names ----------------------------------------------------------------
@@ -267,7 +238,9 @@ CASES: dict[str, Case] = {
     ),
     # -- machine ------------------------------------------------------------------------------
     "output folder not writable": Case(
-        "paths.outputs={tmp}/a_file/outputs", r"Cannot write to paths.outputs=", write("a_file", "")
+        "paths.outputs={tmp}/a_file/outputs",
+        r"paths.outputs='.*a_file/outputs' is not allowed: a folder you can write in \(Not a dir",
+        write("a_file", ""),
     ),
     "GPU asked for where none exists": Case(
         "trainer=gpu", r"no CUDA device.*trainer=cpu", marks=[NO_GPU]
@@ -288,6 +261,7 @@ CASES: dict[str, Case] = {
         r"No space left to write the checkpoint .*earlier checkpoints are intact",
         during_training=True,
     ),
+    **LOCATIONS,
 }
 
 
@@ -297,14 +271,14 @@ def _imported() -> None:
     import pipeline.run.run  # noqa: F401
 
 
-def run_train(args: list[str], capsys) -> tuple[int, str]:
-    """python -m pipeline.train <args>, in this process: (exit code, stderr)."""
+def run_train(args: list[str], capsys, command: str = "train") -> tuple[int, str]:
+    """python -m pipeline.<command> <args> (train unless told), in this process: (exit code,
+    stderr)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from pipeline.train import main
-
+    main = importlib.import_module(f"pipeline.{command}").main
     GlobalHydra.instance().clear()
-    argv, sys.argv = sys.argv, ["pipeline.train", *args]
+    argv, sys.argv = sys.argv, [f"pipeline.{command}", *args]
     try:
         main()
         code = 0
@@ -333,19 +307,21 @@ class FileSizeLimit:
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=c.marks, id=n) for n, c in CASES.items()])
-def test_bad_input(name: str, tmp_path: Path, capsys) -> None:
+def test_bad_input(name: str, tmp_path: Path, capsys, monkeypatch) -> None:
     case = CASES[name]
     if case.setup:
         case.setup(tmp_path)
+    for variable, value in case.env.items():
+        monkeypatch.setenv(variable, value)
     outputs = tmp_path / "outputs"
     args = [f"paths.outputs={outputs}", *TINY, *case.args.format(tmp=tmp_path).split()]
     limit = FileSizeLimit(8_000_000) if "disk full" in name else None
     started = time.monotonic()
     if limit:
         with limit:
-            code, stderr = run_train(args, capsys)
+            code, stderr = run_train(args, capsys, case.command)
     else:
-        code, stderr = run_train(args, capsys)
+        code, stderr = run_train(args, capsys, case.command)
     elapsed = time.monotonic() - started
 
     assert code == case.exit_code, stderr

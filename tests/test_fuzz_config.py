@@ -184,19 +184,13 @@ CASES = itertools.count()
 def originals(tmp_path_factory) -> dict[str, Path]:
     """What each case's folder copies: GPT weights, a tokenizer, a Hugging Face export, and an
     MLflow store as MLflow makes it (a new one costs 2 to 3 s of migrations)."""
-    from pipeline.assembly.trained import Trained
-    from pipeline.data.tokenizer import TextTokenizer
-    from pipeline.formats import export_trained
-    from pipeline.model.gpt import GPTConfig, GPTModel
-    from tests.bad_files import gpt_weights
+    from tests.bad_files import gpt_weights, hf_export
     from tests.helpers import STORE
 
     folder = tmp_path_factory.mktemp("originals")
     gpt_weights("weights.pth", emb_dim=64)(folder)
-    tokenizer = TextTokenizer.train([f"message {i}" for i in range(30)], 300, 1)
-    tokenizer.save(folder)
-    model = GPTModel(GPTConfig(tokenizer.vocab_size, 16, 8, n_heads=2, n_layers=1))
-    export_trained(Trained(model, tokenizer), ["hf"], folder / "export")
+    hf_export(folder)
+    shutil.copyfile(folder / "export" / "hf" / "tokenizer.json", folder / "tokenizer.json")
     names = ("weights.pth", "tokenizer.json", "export")
     return {name: folder / name for name in names} | {"store.db": STORE["template"]}
 
@@ -251,9 +245,9 @@ def test_accepted_locations_reach_the_first_real_work(
     file_store = data.draw(st.sampled_from([None, "true", "false", "yes"]), label="file store")
     root = tmp_path_factory.getbasetemp() / f"location-case-{next(CASES)}"
     config = copy.deepcopy(commands[command])
-    for key in keys:
-        value = data.draw(LOCATIONS[key], label=key)
-        _set(config, key, value.replace("{world}", str(root)) if isinstance(value, str) else value)
+    for name in keys:
+        value = data.draw(LOCATIONS[name], label=name)
+        _set(config, name, value.replace("{world}", str(root)) if isinstance(value, str) else value)
     _world(root, originals)
     monkeypatch.chdir(root)
     monkeypatch.setenv("HOME", str(root))
@@ -270,6 +264,7 @@ def test_accepted_locations_reach_the_first_real_work(
 
 
 def _follow(config: dict[str, Any], command: str, keys: set[str], store: Path) -> None:
+    """The command's start with `config`: refused, or on to the first work with `keys`."""
     try:
         _run_folder(config)
         cfg = validate(config, SCHEMAS[command], file_store_allowed())
@@ -302,7 +297,7 @@ def _first_work(cfg: Any, keys: set[str], store: Path) -> None:
     from pipeline.data.tokenizer import TextTokenizer
 
     if keys & {"logger.tracking_uri", "paths.outputs", "logger.experiment_name", "resume"}:
-        _tracking(cfg, keys, store)
+        _tracking(cfg, store)
     if keys & {"logger.register_as", "logger.alias"}:
         _registry(cfg.logger.register_as, cfg.logger.alias, store)
     if "judge.url" in keys and cfg.judge.url:
@@ -330,7 +325,7 @@ def _first_work(cfg: Any, keys: set[str], store: Path) -> None:
         export_trained(Trained(model, None), ["weights"], Path(cfg.export.dir))
 
 
-def _tracking(cfg: Any, keys: set[str], store: Path) -> None:
+def _tracking(cfg: Any, store: Path) -> None:
     """train's order: the store checked, then the Recorder opens the experiment and starts
     the run (a new SQLite store is a copy of the suite's, which MLflow migrated once)."""
     from pipeline.run.resume import locate_resume
@@ -354,9 +349,9 @@ def _registry(name: str | None, alias: str, store: Path) -> None:
 
     if name is None:
         return
-    copy_ = Path.cwd() / "registry.db"
-    shutil.copyfile(store, copy_)
-    client = MlflowClient(f"sqlite:///{copy_}")
+    registry = Path.cwd() / "registry.db"
+    shutil.copyfile(store, registry)
+    client = MlflowClient(f"sqlite:///{registry}")
     client.create_registered_model(name)
     version = client.create_model_version(name, source=str(Path.cwd()))
     client.set_registered_model_alias(name, alias, version.version)
