@@ -1,8 +1,8 @@
-"""The bad-input table's rows for values that name a file, a folder or a URL (issue 23). Each
-was found by tests/test_fuzz_config.py, which follows values that validation accepted on to
-the command's first real work: it met a traceback there (or a hang, or /dev/null replaced by
-a data file), and validation now refuses the value before any work, or the work refuses it in
-one paragraph."""
+"""The bad-input table's rows for values that name a file, a folder or a URL (issue 23). Most
+are what tests/test_fuzz_config.py met when it followed values that validation accepted on to
+the command's first real work (a traceback, minutes of MLflow retrying, a read that never
+ends, /dev/null replaced by a data file); validation now refuses them before any work, or the
+work refuses them in one paragraph."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ LOCATIONS: dict[str, Case] = {
     "an MLFLOW_ALLOW_FILE_STORE that MLflow cannot read": Case(
         "", r"MLFLOW_ALLOW_FILE_STORE='yes' is not allowed: true, false, 1 or 0",
         env={"MLFLOW_ALLOW_FILE_STORE": "yes"},
+    ),
+    "a file store where a file is": Case(
+        "logger.tracking_uri=file://{tmp}/a_file", r"a folder you can write in \(.*a_file is a file",
+        write("a_file", ""), env={"MLFLOW_ALLOW_FILE_STORE": "true"},
     ),
     "a SQLite URI in a folder that does not exist": Case(
         "logger.tracking_uri=sqlite:///tmp-typo/mlflow.db",
@@ -84,9 +88,9 @@ LOCATIONS: dict[str, Case] = {
     "generated data whose name leaves no room for its temporary file": Case(
         "data.path={tmp}/" + "n" * 250 + ".tsv", r"a file name of at most 241 bytes"
     ),
-    "weights that are a pipe": Case(
-        "model.init_from={tmp}/pipe", r"model.init_from='.*pipe' is not allowed: .*pipe",
-        fifo("pipe"),
+    "a conversation file that is a pipe": Case(
+        "ckpt={tmp} messages={tmp}/pipe", r"messages='.*pipe' is not allowed: .*pipe or socket",
+        fifo("pipe"), command="generate",
     ),
     "resume through a symbolic link loop": Case(
         "resume={tmp}/loop", r"resume='.*loop' is not allowed: .*Too many levels of symbolic",
