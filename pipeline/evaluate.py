@@ -25,9 +25,12 @@ def main(cfg: EvaluateConfig) -> dict[str, float]:
 
     from pipeline.cli.launch import tracking_uri
     from pipeline.evaluation.command import evaluate_command
+    from pipeline.tracking.uri import check_store
 
     hydra_cfg = HydraConfig.get()
     uri = tracking_uri(cfg.logger, cfg.paths.outputs) if cfg.logger.name == "mlflow" else None
+    if uri:
+        check_store(uri)  # a server that is down is reported now, not after the evaluation
     folder = Path(hydra_cfg.runtime.output_dir)
     return evaluate_command(cfg, list(hydra_cfg.overrides.task), folder, uri)
 

@@ -32,6 +32,26 @@ from pipeline.sweeps import stop as sweep_stop
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 
 
+def _mode_from_the_command_line() -> None:
+    """Hydra 1.3 composes the whole config once only to read `hydra.mode`, then again to run
+    it: a seventh of a second each here, a third of a config error's time. No config of ours
+    sets hydra.mode, so -m (or --multirun) decides, as it does for Hydra when nothing sets it;
+    a `hydra.mode=` override on the command line still goes through Hydra's own lookup."""
+    from hydra._internal.hydra import Hydra
+
+    lookup = Hydra.get_mode
+
+    def get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> Any:
+        if any(o.lstrip("+~").startswith("hydra.mode=") for o in overrides):
+            return lookup(self, config_name, overrides)
+        return None  # Hydra then takes RUN, or MULTIRUN with -m
+
+    Hydra.get_mode = get_mode  # type: ignore[method-assign]
+
+
+_mode_from_the_command_line()
+
+
 def hydra_command(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
     """Turn `fn(validated_config)` into a Hydra app reading conf/<config_name>.yaml, validated
     with that file's schema (config/commands.py).

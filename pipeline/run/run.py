@@ -49,8 +49,9 @@ def train(cfg: TrainConfig, launch: Launch) -> RunRecord:
         # Checkpoints carry the config and may be uploaded: no credentials in it.
         trained.config = redact_all(cfg.model_dump(mode="json", exclude={"resume"}))
         _announce(cfg, trained, resume)
-        trained.tokenizer.save(run_dir)
         with Recorder(cfg, launch, run_dir, trained, resume, stop, bundle.sources) as recorder:
+            # Once the store took the run: a store refused leaves no run folder behind.
+            trained.tokenizer.save(run_dir)
             record = recorder.record
             fitting = Fitting(
                 cfg, trained, bundle, run_dir, recorder.logger, stop, launch.callbacks

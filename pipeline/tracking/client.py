@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.config.locations import STORES
+from pipeline.config.locations import STORES, public
 from pipeline.errors import UserError, first_line
 from pipeline.tracking.provenance import redact
 
@@ -69,7 +69,9 @@ class TrackedRun:
     tracking_uri: str
 
     def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
-        base = redact(self.tracking_uri) if self.tracking_uri.startswith("http") else host
+        """The run's page: on the tracking server, without any credentials in its address (a
+        browser asks for them), or on the local UI (make ui) for a local store."""
+        base = public(self.tracking_uri) if self.tracking_uri.startswith("http") else host
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
