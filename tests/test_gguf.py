@@ -106,7 +106,8 @@ def test_llama_cpp_continues_text_as_we_do(exports, tokenizer) -> None:
         ours = model.generate(torch.tensor([ids]), 8, temperature=0, eos_id=tokenizer.eos_id)
         expected = tokenizer.decode(ours[0].tolist())
         out = llama_run("llama-simple", "-m", str(folder / "model-f32.gguf"), "-n", "8", prompt)
-        assert out.strip() == expected.strip(), arch
+        # llama-simple prints each piece with printf("%s"): a NUL byte ends its piece there.
+        assert out.strip() == expected.replace("\x00", "").strip(), arch
 
 
 def test_init_from_a_gguf_file_picks_the_architecture_without_model_hf(
