@@ -11,8 +11,8 @@ import torch
 
 from pipeline.config.data import DataConfig
 from pipeline.data import demo as demo_data
-from pipeline.data.bundle import build_data
 from pipeline.data.loader import IGNORE_INDEX, Collator
+from pipeline.data.preparation import build_data
 from pipeline.data.records import read_records, split_indices
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError

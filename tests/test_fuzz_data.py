@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.config.train import TrainConfig
-from pipeline.data.bundle import build_data
+from pipeline.data.preparation import build_data
 from pipeline.errors import UserError
 from tests.fuzzing import check_outcome, fuzz_only_settings, fuzz_settings
 from tests.helpers import TINY, app_config

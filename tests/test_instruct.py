@@ -11,9 +11,9 @@ import pytest
 import transformers
 
 from pipeline.config.data import DataConfig
-from pipeline.data.bundle import build_data
 from pipeline.data.chat import TEMPLATES, render_chat
 from pipeline.data.loader import IGNORE_INDEX, Collator
+from pipeline.data.preparation import build_data
 from pipeline.data.records import read_records
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError

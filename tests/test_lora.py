@@ -140,7 +140,7 @@ def hf_gpt2_dir(directory: Path, tokenizer: TextTokenizer) -> Path:
 
 @pytest.mark.slow
 def test_lora_run_trains_only_adapters_and_head_base_stays_bit_identical(tmp_path) -> None:
-    from pipeline.data.bundle import build_data
+    from pipeline.data.preparation import build_data
 
     warm = app_config([*TINY, "logger=none"], tmp_path / "out")
     tokenizer = build_data(warm.data, warm.seed).tokenizer
@@ -211,7 +211,7 @@ def test_killed_lora_run_resumes_to_the_same_weights_with_a_small_checkpoint(tmp
     never interrupted: same weights, same MLflow run, no metric step logged twice."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.data.bundle import build_data
+    from pipeline.data.preparation import build_data
 
     warm = app_config([*TINY, "logger=none"], tmp_path / "warm")
     base_dir = hf_gpt2_dir(tmp_path / "gpt2", build_data(warm.data, warm.seed).tokenizer)

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from pipeline.assembly.restore import load_trained
 from pipeline.config.data import DataConfig
-from pipeline.data.bundle import build_data
 from pipeline.data.loader import IGNORE_INDEX, split_loader
+from pipeline.data.preparation import build_data
 from pipeline.model.gpt import GPTConfig, GPTModel
 from tests.helpers import randomize, tiny_llama
 

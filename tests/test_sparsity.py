@@ -426,7 +426,7 @@ def test_a_hugging_face_llama_prunes_2_4_with_wanda_and_exports_it(tmp_path):
     from tests.helpers import tiny_llama
 
     tokenizer_source = app_config([*TINY, "logger=none"], tmp_path / "warm")
-    from pipeline.data.bundle import build_data
+    from pipeline.data.preparation import build_data
 
     tokenizer = build_data(tokenizer_source.data, tokenizer_source.seed).tokenizer
     tiny_llama(tmp_path / "llama", tokenizer)

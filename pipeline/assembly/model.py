@@ -10,7 +10,8 @@ from pipeline.assembly.restore import load_pretrained
 from pipeline.assembly.trained import Trained
 from pipeline.config.model import check_context
 from pipeline.config.train import TrainConfig
-from pipeline.data.bundle import DataBundle, build_data
+from pipeline.data.bundle import DataBundle
+from pipeline.data.preparation import build_data
 from pipeline.data.tokenizer import TextTokenizer, has_tokenizer
 from pipeline.errors import UserError
 from pipeline.model.attention import Attention
@@ -21,9 +22,7 @@ from pipeline.weights.load import load_into
 def build_model(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
     """Data, tokenizer and model, with LoRA adapters when a lora preset is chosen. The layers
     sparsity targets are resolved first, on the model without adapters."""
-    gguf = _gguf(cfg.model.init_from)
-    hf = cfg.model.arch == "hf" or (gguf is not None and gguf.architecture != "gpt2")
-    trained, bundle = _hf(cfg) if hf else _gpt(cfg)
+    trained, bundle = _hf(cfg) if _uses_hf(cfg, announce=True) else _gpt(cfg)
     check_context(cfg.data.max_length, trained.model.context_length, bool(cfg.model.init_from))
     if cfg.sparsity.active:
         from pipeline.sparsity.targets import target_layers
@@ -42,7 +41,13 @@ def build_model(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
     return trained, bundle
 
 
-def _gguf(init_from: str | None):
+def _uses_hf(cfg: TrainConfig, announce: bool = False) -> bool:
+    """model=hf, or a GGUF file of another architecture than GPT-2."""
+    gguf = _gguf(cfg.model.init_from, announce)
+    return cfg.model.arch == "hf" or (gguf is not None and gguf.architecture != "gpt2")
+
+
+def _gguf(init_from: str | None, announce: bool):
     """What a GGUF model.init_from holds (None for other layouts), announced at start-up: its
     architecture picks our GPT or transformers, without model=hf."""
     if not init_from or Path(init_from).suffix != ".gguf":
@@ -50,10 +55,11 @@ def _gguf(init_from: str | None):
     from pipeline.weights.gguf import inspect
 
     info = inspect(Path(init_from).expanduser())
-    print(
-        f"{info.path.name}: a {info.architecture} GGUF file, tensors {info.describe}; "
-        "dequantized to float32 for training."
-    )
+    if announce:
+        print(
+            f"{info.path.name}: a {info.architecture} GGUF file, tensors {info.describe}; "
+            "dequantized to float32 for training."
+        )
     return info
 
 
@@ -90,6 +96,16 @@ def _gpt(cfg: TrainConfig) -> tuple[Trained, DataBundle]:
         # A classifier gets a new head sized from its labels; the pretrained head is dropped.
         load_into(model, pretrained.state, str(cfg.model.init_from), new_head=not model.is_lm)
     return Trained(model, bundle.tokenizer, bundle.label_names), bundle
+
+
+def data_tokenizer(cfg: TrainConfig) -> TextTokenizer | None:
+    """The tokenizer a run of `cfg` starts its data with (None: one trained on the data), as
+    build_model chooses it, without building the model (python -m pipeline.prepare)."""
+    if cfg.data.tokenizer.path:
+        return TextTokenizer.load(cfg.data.tokenizer.path)
+    if _uses_hf(cfg):
+        return _pretrained_tokenizer(cfg, Path(cfg.model.init_from).expanduser())
+    return load_pretrained(cfg.model.init_from).tokenizer if cfg.model.init_from else None
 
 
 def _hf(cfg: TrainConfig) -> tuple[Trained, DataBundle]:

@@ -68,7 +68,7 @@ def hydra_command(config_name: str) -> Callable[[Callable[[Any], Any]], Callable
             if stop is not None:
                 sweep_stop.install(stop)
                 if (signum := sweep_stop.stop_signal(stop)) is not None:
-                    _discard_empty_run_dir()
+                    discard_empty_run_dir()
                     name = signal.Signals(signum).name
                     error = f"not started: sweep stopped by {name}"
                     return {"status": Status.KILLED.value, "error": error}
@@ -91,7 +91,7 @@ def hydra_command(config_name: str) -> Callable[[Callable[[Any], Any]], Callable
                     traceback.print_exc()
                     print(f"error: {BUG_REPORT}", file=sys.stderr)
                     sys.exit(1)
-                _discard_empty_run_dir()
+                discard_empty_run_dir()
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(exc.exit_code)
 
@@ -166,7 +166,7 @@ class CheckOutputs(Callback):
                 sys.exit(2)
 
 
-def _discard_empty_run_dir() -> None:
+def discard_empty_run_dir() -> None:
     """A run refused before it did any work leaves no folder behind (Hydra makes it first).
 
     Only a folder Hydra made for this job, holding nothing but its .hydra/ and log, is removed;

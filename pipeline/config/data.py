@@ -10,6 +10,7 @@ from pipeline.config.base import Group, LocalPath, fail
 from pipeline.config.locations import (
     check_file,
     check_file_or_folder,
+    check_folder,
     check_written_file,
     checked,
 )
@@ -78,6 +79,15 @@ class DataConfig(Group):
     within itself (positions restart per example), instead of one example padded a row."""
     fields: FieldsConfig = FieldsConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    cache_dir: LocalPath | None = None
+    """Where prepared data (token ids as memory-mapped arrays) is kept and found again by any
+    run with the same data settings; null prepares it in memory for each run."""
+    num_proc: int = Field(default=1, ge=1)
+    """Processes that render and tokenize the records (1: this one, the tokenizer's own
+    threads on every core)."""
+    chunking: Literal["example", "concatenate"] = "example"
+    """causal_lm: one example per text (cut to max_length), or concatenate: every text
+    followed by the end-of-text token, joined and cut into max_length blocks."""
 
     def check(self) -> None:
         if self.task == "instruct" and self.format not in ("json", "jsonl"):
@@ -106,7 +116,16 @@ class DataConfig(Group):
                 f"data.val_fraction + data.test_fraction (now {self.test_fraction}) must stay "
                 "below 1",
             )
+        if self.chunking == "concatenate" and (self.task != "causal_lm" or self.packing):
+            raise fail(
+                "data.chunking",
+                self.chunking,
+                "only for data.task=causal_lm without data.packing (its blocks are full rows "
+                "already)",
+            )
         self._check_files()
+        if self.cache_dir is not None:
+            checked("data.cache_dir", self.cache_dir, check_folder)
 
     def _check_files(self) -> None:
         # Here and not in the field types: a recorded run's data is also read alone

@@ -8,6 +8,7 @@ without a sandbox and ran the attacker's code (CVE-2024-34359).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +24,10 @@ def render_chat(
     """The conversation as the template writes it; a template that fails, or tries to leave
     the sandbox, is a UserError."""
     from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+    from jinja2.sandbox import SecurityError
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise
     try:
-        return env.from_string(template).render(
+        return _compiled(template).render(
             messages=messages, add_generation_prompt=add_generation_prompt, **special_tokens
         )
     except SecurityError as exc:
@@ -37,6 +36,21 @@ def render_chat(
             "A chat template should only format messages: do not use this model's template."
         ) from None
     except (TemplateError, TypeError, ValueError) as exc:
+        raise UserError(f"The chat template could not be rendered ({exc}).") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str):
+    """The template compiled once per process: compiling is what rendering costs (Jinja's
+    compiler took 138 of 165 s preparing 5,000 conversations when it ran per rendering)."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    try:
+        return env.from_string(template)
+    except TemplateError as exc:
         raise UserError(f"The chat template could not be rendered ({exc}).") from None
 
 
@@ -117,37 +131,104 @@ TEMPLATES = {
 }
 
 
-def segments(
-    template: str, messages: list[dict[str, str]], end_of_turn: str, **special_tokens: Any
-) -> list[tuple[str, bool]]:
-    """The rendered conversation cut into (text, is an assistant turn) pieces that join into
-    the whole rendering. An assistant piece is what rendering its turn adds after the prompt
-    that asks for it (add_generation_prompt), up to and including its end-of-turn token:
-    the content and the token that stops generation, whatever the template; everything else
-    (a newline after the end of turn included) is prompt."""
-    pieces: list[tuple[str, bool]] = []
-    done = ""
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant":
-            prompt = render_chat(template, messages[:i], True, **special_tokens)
-            pieces.append((prompt[len(done) :], False))
-            done = prompt
-        full = render_chat(template, messages[: i + 1], False, **special_tokens)
-        if not full.startswith(done):
-            raise UserError(
-                "The chat template renders a conversation differently depending on what follows "
-                "(it is not a prefix of itself), so the assistant's tokens cannot be told apart. "
-                "Use data.template=chatml, llama3 or alpaca."
-            )
-        turn = full[len(done) :]
-        if message["role"] != "assistant":
-            pieces.append((turn, False))
+class Segmenter:
+    """Conversations cut into (text, is trained) pieces that join into the whole rendering:
+    each assistant turn's content up to and including its end-of-turn token is trained (the
+    content and the token that stops generation, whatever the template); the text between two
+    of them is one prompt piece, tokenized as one string as a prompt is at inference.
+
+    Each conversation is rendered once, its assistant contents between two marker characters
+    that no text holds, and the pieces are read off that rendering. The reference way renders
+    every prefix of the conversation (a turn is what rendering it adds); it is used for the
+    first conversations of a run to check the one rendering against it, and for the rest too
+    if a template's pieces differ (a template that rewrites the content, say)."""
+
+    CHECKED = 16
+
+    def __init__(self, template: str, end_of_turn: str, **special_tokens: Any):
+        self.template, self.end_of_turn, self.special = template, end_of_turn, special_tokens
+        self.checked, self.by_prefix = 0, False
+
+    def __call__(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+        if self.by_prefix:
+            return self._by_prefix(messages)
+        pieces = self._once(messages)
+        if pieces is not None and self.checked >= self.CHECKED:
+            return pieces
+        reference = self._by_prefix(messages)
+        if pieces is not None:
+            self.checked += 1
+            self.by_prefix = pieces != reference
+        return reference
+
+    def _once(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]] | None:
+        """The pieces from one rendering, or None where the markers cannot tell them."""
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        if any(_OPEN in m["content"] or _CLOSE in m["content"] for m in messages):
+            return None
+        marked = [
+            {**m, "content": f"{_OPEN}{m['content']}{_CLOSE}"} if m["role"] == "assistant" else m
+            for m in messages
+        ]
+        text = render_chat(self.template, marked, False, **self.special)
+        if text.count(_OPEN) != len(answers) or text.count(_CLOSE) != len(answers):
+            return None
+        pieces: list[tuple[str, bool]] = []
+        cursor = 0
+        for answer in answers:
+            start = text.find(_OPEN, cursor)
+            close = text.find(_CLOSE, start)
+            if text[start + 1 : close] != answer or self.end_of_turn in answer:
+                return None
+            after = text.find(self.end_of_turn, close)
+            if after < 0 or _OPEN in text[close:after]:
+                return None
+            pieces.append((text[cursor:start], False))
+            cursor = after + len(self.end_of_turn)
+            pieces.append((answer + text[close + 1 : cursor], True))
+        pieces.append((text[cursor:], False))
+        return _merged(pieces)
+
+    def _by_prefix(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+        pieces: list[tuple[str, bool]] = []
+        done = ""
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                prompt = render_chat(self.template, messages[:i], True, **self.special)
+                pieces.append((prompt[len(done) :], False))
+                done = prompt
+            full = render_chat(self.template, messages[: i + 1], False, **self.special)
+            if not full.startswith(done):
+                raise UserError(
+                    "The chat template renders a conversation differently depending on what "
+                    "follows (it is not a prefix of itself), so the assistant's tokens cannot be "
+                    "told apart. Use data.template=chatml, llama3 or alpaca."
+                )
+            turn = full[len(done) :]
+            if message["role"] != "assistant":
+                pieces.append((turn, False))
+            else:
+                end = turn.find(self.end_of_turn)
+                end = len(turn) if end < 0 else end + len(self.end_of_turn)
+                pieces += [(turn[:end], True), (turn[end:], False)]
+            done = full
+        return _merged(pieces)
+
+
+_OPEN, _CLOSE = "\ue000", "\ue001"  # Unicode private-use characters: no data holds them
+
+
+def _merged(pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Neighbouring pieces of the same kind joined, empty ones dropped."""
+    out: list[tuple[str, bool]] = []
+    for text, trained in pieces:
+        if not text:
+            continue
+        if out and out[-1][1] == trained:
+            out[-1] = (out[-1][0] + text, trained)
         else:
-            end = turn.find(end_of_turn)
-            end = len(turn) if end < 0 else end + len(end_of_turn)
-            pieces += [(turn[:end], True), (turn[end:], False)]
-        done = full
-    return [(text, trained) for text, trained in pieces if text]
+            out.append((text, trained))
+    return out
 
 
 def _raise(message: str) -> None:

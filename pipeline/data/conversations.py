@@ -1,14 +1,13 @@
-"""Conversations to training examples (data.task=instruct): each rendered with the chat
-template, cut into prompt and assistant pieces, and tokenized piece by piece, so that the prompt
-tokens are exactly those a prompt gets at inference, and the loss covers exactly the assistant's
-tokens and their end-of-turn token (data.train_on=responses) or everything (all)."""
+"""Conversations as training examples (data.task=instruct): the chat template checked against
+the tokenizer, the conversations as text (what a tokenizer trained for them learns from), and
+what is said about those cut or left out. The tokenizing is pipeline/data/encode.py's."""
 
 from __future__ import annotations
 
-import sys
+import numpy as np
 
 from pipeline.config.data import DataConfig
-from pipeline.data.chat import TEMPLATES, Template, render_chat, segments
+from pipeline.data.chat import TEMPLATES, Template, render_chat
 from pipeline.data.instruct import Conversation
 from pipeline.data.tokenizer import EOS, TextTokenizer
 from pipeline.errors import UserError
@@ -45,33 +44,10 @@ def rendered(conversations: list[Conversation], template: Template) -> list[str]
     return [render_chat(template.jinja, c, False, eos_token=EOS) for c in conversations]
 
 
-def tokenize_conversations(
-    conversations: list[Conversation], cfg: DataConfig, tokenizer: TextTokenizer
-) -> tuple[list[list[int]], list[list[bool]]]:
-    """Token ids of each conversation, and which of them the loss covers."""
-    template = template_of(cfg, tokenizer)
-    special = {"eos_token": template.end_of_turn, "bos_token": tokenizer.config.get("bos_token")}
-    ids, trained, dropped, cut = [], [], 0, 0
-    for conversation in conversations:
-        tokens: list[int] = []
-        mask: list[bool] = []
-        for text, answer in segments(template.jinja, conversation, template.end_of_turn, **special):
-            piece = tokenizer.encode(text)
-            tokens += piece
-            mask += [answer or cfg.train_on == "all"] * len(piece)
-        if len(tokens) > cfg.max_length:
-            cut += 1
-            tokens, mask = tokens[: cfg.max_length], mask[: cfg.max_length]
-        if not any(mask[1:]):
-            dropped += 1  # the prompt alone fills max_length: nothing would be learned
-            continue
-        ids.append(tokens)
-        trained.append(mask)
-    _report(cfg, len(conversations), dropped, cut)
-    return ids, trained
-
-
-def _report(cfg: DataConfig, total: int, dropped: int, cut: int) -> None:
+def conversation_notes(cfg: DataConfig, total: int, dropped: int, lengths: np.ndarray) -> list[str]:
+    """Warnings about conversations cut to data.max_length, or left out because their prompt
+    alone fills it; with data.long_sequences=error, the refusal."""
+    cut = int((lengths > cfg.max_length).sum())
     limit = f"data.max_length={cfg.max_length} tokens"
     empty = (
         f"{dropped} of {total} conversations have a prompt that alone fills {limit}, so they "
@@ -83,10 +59,13 @@ def _report(cfg: DataConfig, total: int, dropped: int, cut: int) -> None:
             f"{empty if dropped else long}. Raise data.max_length, shorten them, or set "
             "data.long_sequences=truncate."
         )
-    if dropped:
-        print(f"warning: {empty}; they are left out.", file=sys.stderr)
+    notes = [f"{empty}; they are left out."] if dropped else []
     if cut:
-        print(
-            f"warning: {long}; they are truncated. data.long_sequences=error refuses them.",
-            file=sys.stderr,
-        )
+        notes.append(f"{long}; they are truncated. data.long_sequences=error refuses them.")
+    return notes
+
+
+def chat_tokenizer(cfg: DataConfig, tokenizer: TextTokenizer) -> TextTokenizer:
+    """The tokenizer with the chat template it is trained with (saved with the model)."""
+    template = template_of(cfg, tokenizer)
+    return tokenizer.with_chat_template(template.jinja, template.end_of_turn)

@@ -157,3 +157,11 @@ def ensure_instruct_file(path: str | Path, n_examples: int) -> Path:
         return path
     lines = [json.dumps(row) for row in instructions(n_examples)]
     return write_text(path, "\n".join(lines) + "\n")
+
+
+def ensure_synthetic(cfg) -> None:
+    """data.path written with data.synthetic_examples examples when it is not there yet
+    (`cfg`: a DataConfig)."""
+    if cfg.synthetic_examples:
+        write = ensure_instruct_file if cfg.task == "instruct" else ensure_file
+        write(cfg.path, cfg.synthetic_examples)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Sized
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from pipeline.data.bundle import DataBundle, TokenizedSplit
+from pipeline.data.arrays import TokenizedSplit
+from pipeline.data.bundle import DataBundle
 
 IGNORE_INDEX = -100
 
@@ -33,7 +35,7 @@ class Collator:
         width = max(lengths)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         for row, (ids, _) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
         out = {
             "input_ids": input_ids,
             "lengths": torch.tensor(lengths, dtype=torch.long),
@@ -47,10 +49,10 @@ class Collator:
                 extra = extra or {}
                 keep = torch.ones(n - 1, dtype=torch.bool)
                 if extra.get("trained") is not None:
-                    keep &= torch.tensor(extra["trained"][1:n], dtype=torch.bool)
+                    keep &= torch.as_tensor(extra["trained"][1:n], dtype=torch.bool)
                 if extra.get("positions") is not None:
                     # No target crosses into the next example of a packed row.
-                    positions[row, :n] = torch.tensor(extra["positions"], dtype=torch.long)
+                    positions[row, :n] = torch.as_tensor(extra["positions"], dtype=torch.long)
                     keep &= positions[row, 1:n] != 0
                 targets[row, : n - 1] = torch.where(keep, input_ids[row, 1:n], IGNORE_INDEX)
             out["targets"] = targets
@@ -84,19 +86,24 @@ class EpochShuffle(DistributedSampler):
 
 
 class _Examples(torch.utils.data.Dataset):
+    """A split's rows, read from its arrays (memory-mapped when cached: a worker process
+    shares the mapping, nothing is copied but the rows of its batches)."""
+
     def __init__(self, split: TokenizedSplit):
         self.split = split
+        self.positions = split.positions
 
     def __len__(self) -> int:
-        return len(self.split.ids)
+        return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[list[int], Any]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, Any]:
         split = self.split
+        ids = np.asarray(split.ids[i], dtype=np.int64)
         if split.labels is not None:
-            return split.ids[i], split.labels[i]
-        return split.ids[i], {
-            "trained": None if split.trained is None else split.trained[i],
-            "positions": None if split.positions is None else split.positions[i],
+            return ids, int(split.labels[i])
+        return ids, {
+            "trained": None if split.trained is None else np.asarray(split.trained[i], bool),
+            "positions": None if self.positions is None else self.positions[i],
         }
 
 

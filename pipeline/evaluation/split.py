@@ -14,8 +14,10 @@ from pipeline.assembly.devices import autocast, check_devices, device_of
 from pipeline.assembly.trained import Trained
 from pipeline.config.data import DataConfig
 from pipeline.config.train import TrainConfig
-from pipeline.data.bundle import SplitSource, TokenizedSplit, build_data
+from pipeline.data.arrays import TokenizedSplit
+from pipeline.data.bundle import SplitSource
 from pipeline.data.loader import IGNORE_INDEX, split_loader
+from pipeline.data.preparation import build_data
 from pipeline.errors import UserError
 from pipeline.evaluation.interrupt import StopOnSignal
 from pipeline.evaluation.metrics import SplitMetrics
@@ -78,7 +80,7 @@ def evaluate(
     if not examples.ids:
         raise UserError(f"The {split} split is empty. Choose split=train, val or test.")
     if max_examples is not None:
-        bundle.splits[split] = examples = _first(examples, max_examples)
+        bundle.splits[split] = examples = examples.head(max_examples)
     model, device = trained.model, device_of(cfg.trainer.accelerator)
     if cfg.sparsity.accelerate:
         model, device = _semi_structured(trained), torch.device("cuda")
@@ -115,15 +117,6 @@ def _loop(
     return metrics.compute()
 
 
-def _first(split: TokenizedSplit, n: int) -> TokenizedSplit:
-    def head(values: list | None) -> list | None:
-        return None if values is None else values[:n]
-
-    return TokenizedSplit(
-        split.ids[:n], head(split.labels), head(split.trained), head(split.positions)
-    )
-
-
 @torch.no_grad()
 def _labelled(trained: Trained, model, split: TokenizedSplit, device: torch.device) -> list[dict]:
     """{text, label, predicted, p(label) for each label} per example, one at a time (no
@@ -131,10 +124,10 @@ def _labelled(trained: Trained, model, split: TokenizedSplit, device: torch.devi
     names = trained.label_names
     rows = []
     for ids, label in zip(split.ids, split.labels or [], strict=True):
-        input_ids = torch.tensor([ids], device=device)
+        input_ids = torch.as_tensor(ids.astype("int64"), device=device)[None]
         lengths = torch.tensor([len(ids)], device=device)
         probs = label_probabilities(model.pooled(model(input_ids), lengths)[0].float()).tolist()
-        row = {"text": trained.tokenizer.decode(ids), "label": names[label]}
+        row = {"text": trained.tokenizer.decode(ids.tolist()), "label": names[label]}
         row["predicted"] = names[max(range(len(probs)), key=probs.__getitem__)]
         rows.append(row | {f"p({name})": round(p, 6) for name, p in zip(names, probs, strict=True)})
     return rows

@@ -144,11 +144,7 @@ def _tokens_per_batch(bundle: DataBundle, batch_size: int) -> float:
     """The trained tokens of an average training batch (the scale of a language model's
     micro-batch loss, see module.py)."""
     split = bundle.splits["train"]
-    if split.trained is not None:
-        trained = sum(sum(mask[1:]) for mask in split.trained)
-    else:
-        trained = sum(len(ids) - 1 for ids in split.ids)
-    return max(1.0, trained / max(1, -(-len(split.ids) // batch_size)))
+    return max(1.0, split.trained_targets() / max(1, -(-len(split) // batch_size)))
 
 
 class Fitting:

@@ -1,0 +1,185 @@
+"""Records to token arrays, as fast as the tokenizer: texts go to the fast tokenizer in
+batches (its Rust threads, or data.num_proc processes), and the results become flat arrays
+at once; lengths, truncation, dropping and packing are array operations.
+
+instruct: each conversation is rendered once and cut into prompt and trained pieces
+(pipeline/data/chat.py's Segmenter); every piece is tokenized on its own, so a prompt's
+tokens are those a prompt gets at inference and no token straddles a trained boundary.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from pipeline.data.arrays import Ragged, TokenizedSplit, pack_rows, token_dtype
+from pipeline.data.chat import Segmenter
+from pipeline.data.instruct import Conversation
+from pipeline.data.tokenizer import TextTokenizer
+
+# Texts a batch: large enough for the tokenizer's threads, small enough that the Python lists
+# of one batch's ids stay a few MB.
+BATCH = 2048
+
+
+@dataclass
+class Encoded:
+    """A split's examples before truncation: flat ids, each example's length and, for
+    instruct, per token whether the loss covers it."""
+
+    flat: np.ndarray
+    lengths: np.ndarray
+    trained: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def encode_texts(texts: Sequence[str], tokenizer: TextTokenizer, num_proc: int) -> Encoded:
+    """Each text's token ids."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    parts = list(_map(_texts_batch, _batches(texts), num_proc, (tokenizer, dtype)))
+    return Encoded(_cat([p[0] for p in parts], dtype), _cat([p[1] for p in parts], np.int64))
+
+
+def encode_conversations(
+    conversations: Sequence[Conversation],
+    tokenizer: TextTokenizer,
+    num_proc: int,
+    segmenter: Segmenter,
+    train_on_all: bool,
+) -> Encoded:
+    """Each conversation's ids and which of them are trained."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    state = (tokenizer, dtype, segmenter, train_on_all)
+    parts = list(_map(_conversations_batch, _batches(conversations), num_proc, state))
+    return Encoded(
+        _cat([p[0] for p in parts], dtype),
+        _cat([p[1] for p in parts], np.int64),
+        _cat([p[2] for p in parts], np.bool_),
+    )
+
+
+def _texts_batch(texts: list[str], state: tuple) -> tuple[np.ndarray, np.ndarray]:
+    tokenizer, dtype = state
+    return _flat(tokenizer, texts, dtype)
+
+
+def _conversations_batch(conversations: list[Conversation], state: tuple) -> tuple:
+    tokenizer, dtype, segmenter, train_on_all = state
+    pieces = [segmenter(c) for c in conversations]
+    flat, piece_lengths = _flat(tokenizer, [t for p in pieces for t, _ in p], dtype)
+    piece_trained = np.fromiter((tr or train_on_all for p in pieces for _, tr in p), np.bool_)
+    counts = np.fromiter(map(len, pieces), np.int64, len(pieces))
+    ends = np.cumsum(counts)
+    sums = np.add.reduceat(piece_lengths, ends - counts) if len(piece_lengths) else counts * 0
+    lengths = np.where(counts > 0, sums, 0)
+    return flat, lengths, np.repeat(piece_trained, piece_lengths)
+
+
+def _flat(tokenizer: TextTokenizer, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
+    ids = [e.ids for e in tokenizer.tokenizer.encode_batch_fast(texts)]
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    return np.fromiter(chain.from_iterable(ids), dtype, int(lengths.sum())), lengths
+
+
+def _batches(items: Sequence) -> Iterator[list]:
+    for start in range(0, len(items), BATCH):
+        yield list(items[start : start + BATCH])
+
+
+def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+
+_STATE: Any = None
+
+
+def _map(fn: Callable, batches: Iterator[list], num_proc: int, state: Any) -> Iterator:
+    """fn(batch, state) for each batch, in order: here, or in num_proc forked processes
+    (each single-threaded in the tokenizer, so they do not fight over the cores)."""
+    if num_proc <= 1:
+        yield from (fn(batch, state) for batch in batches)
+        return
+    global _STATE
+    _STATE = (fn, state)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(num_proc, initializer=_quiet) as pool:
+        yield from pool.imap(_call, batches)
+    _STATE = None
+
+
+def _quiet() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _call(batch: list) -> Any:
+    fn, state = _STATE
+    return fn(batch, state)
+
+
+def starts_of(lengths: np.ndarray) -> np.ndarray:
+    """Offsets (len + 1) of examples of these lengths laid end to end."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def truncated(encoded: Encoded, max_length: int, min_length: int) -> tuple[Encoded, np.ndarray]:
+    """Each example cut to max_length tokens, those left shorter than min_length dropped (or
+    instruct ones with nothing trained past their first token); and which examples were kept."""
+    offsets = starts_of(encoded.lengths)
+    kept_lengths = np.minimum(encoded.lengths, max_length)
+    position = np.arange(len(encoded.flat)) - np.repeat(offsets[:-1], encoded.lengths)
+    within = position < max_length
+    keep = kept_lengths >= min_length
+    if encoded.trained is not None:
+        learned = encoded.trained & within & (position >= 1)
+        per_example = np.add.reduceat(learned, offsets[:-1]) if len(learned) else keep * 0
+        keep &= np.where(encoded.lengths > 0, per_example, 0) > 0
+    within &= np.repeat(keep, encoded.lengths)
+    trained = None if encoded.trained is None else encoded.trained[within]
+    return Encoded(encoded.flat[within], kept_lengths[keep], trained, encoded.notes), keep
+
+
+def as_split(
+    encoded: Encoded, packing: bool, max_length: int, labels: np.ndarray | None = None
+) -> TokenizedSplit:
+    """The examples one a row, or (packing) consecutive examples filling max_length rows."""
+    offsets = starts_of(encoded.lengths)
+    trained = None if encoded.trained is None else encoded.trained.astype(np.uint8)
+    if not packing:
+        return TokenizedSplit(
+            Ragged(encoded.flat, offsets),
+            labels,
+            None if trained is None else Ragged(trained, offsets),
+        )
+    rows = offsets[pack_rows(encoded.lengths, max_length)]
+    return TokenizedSplit(
+        Ragged(encoded.flat, rows),
+        None,
+        None if trained is None else Ragged(trained, rows),
+        offsets[:-1],
+    )
+
+
+def concatenated(encoded: Encoded, block: int) -> Encoded:
+    """data.chunking=concatenate: the documents (each ending with its end-of-text token) laid
+    end to end and cut into blocks of `block` tokens, as Hugging Face's run_clm does; a last
+    shorter block is kept when it has at least two tokens, something to predict."""
+    total = len(encoded.flat)
+    lengths = np.full(total // block, block, dtype=np.int64)
+    if total % block >= 2:
+        lengths = np.append(lengths, total % block)
+    return Encoded(encoded.flat[: int(lengths.sum())], lengths, None, encoded.notes)
+
+
+def with_eos(encoded: Encoded, eos_id: int) -> Encoded:
+    """Each document followed by the end-of-text token, which teaches where a text stops."""
+    ends = starts_of(encoded.lengths)[1:]
+    flat = np.insert(encoded.flat, ends, eos_id).astype(encoded.flat.dtype)
+    return Encoded(flat, encoded.lengths + 1, None, encoded.notes)
