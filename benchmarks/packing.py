@@ -46,8 +46,8 @@ def _data(path: Path, n: int, seed: int = 0) -> None:
 def run(ctx: Context) -> list[Figure]:
     from torch.utils.data import DataLoader
 
-    from pipeline.data.bundle import build_data
     from pipeline.data.loader import IGNORE_INDEX, split_loader
+    from pipeline.data.preparation import build_data
     from pipeline.model.gpt import GPTConfig, GPTModel
 
     n, max_length, batch, steps, rounds = ctx.pick(SIZES)

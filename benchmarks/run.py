@@ -33,6 +33,7 @@ BENCHMARKS = [
     "sparsity",
     "gguf",
     "packing",
+    "data",
     "attention",
     "instruct",
     "compression",

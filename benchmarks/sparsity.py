@@ -54,7 +54,7 @@ def val_ppl(trained, cfg) -> float:
 
 def one_shot(dense, cfg, method: str, pattern: str) -> float:
     """Prune a copy of the dense model without any training, and measure it."""
-    from pipeline.data.bundle import build_data
+    from pipeline.data.preparation import build_data
 
     trained = copy.copy(dense)
     trained.model = copy.deepcopy(dense.model)

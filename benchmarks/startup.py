@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import runpy
 import subprocess
 import sys
@@ -196,6 +197,8 @@ def _stamped_train() -> None:
 
     def stamp(name: str) -> None:
         stamps.setdefault(name, time.time())
+        # The process's peak resident memory so far (Linux reports KiB).
+        stamps["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         path.write_text(json.dumps(stamps))
 
     batch_end = GPTLightningModule.on_train_batch_end

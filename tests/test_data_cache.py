@@ -57,7 +57,8 @@ def same(a: list[dict], b: list[dict]) -> bool:
         return torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
 
     return len(a) == len(b) and all(
-        x.keys() == y.keys() and all(equal(x[k], y[k]) for k in x) for x, y in zip(a, b)
+        x.keys() == y.keys() and all(equal(x[k], y[k]) for k in x)
+        for x, y in zip(a, b, strict=True)
     )
 
 
@@ -119,7 +120,7 @@ def test_the_seed_the_file_and_the_tokenizer_are_inputs(files, tmp_path):
     path = tmp_path / "sms.tsv"
     header, *rows = files["classification"].read_text().splitlines()
     kinds = [row.split("\t")[header.split("\t").index("label")] for row in rows]
-    lines = [f"{header}\tkind", *(f"{row}\t{kind}" for row, kind in zip(rows, kinds))]
+    lines = [f"{header}\tkind", *(f"{row}\t{kind}" for row, kind in zip(rows, kinds, strict=True))]
     path.write_text("\n".join(lines) + "\n")
     cfg = config({"classification": path}, "classification", tmp_path / "cache")
     first = build_data(cfg, 0)
@@ -186,7 +187,7 @@ def test_a_cache_folder_that_cannot_be_made_is_refused(files, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     cfg = config(files, "classification", blocker / "cache")
-    with pytest.raises(UserError, match="data.cache_dir"):
+    with pytest.raises(UserError, match=r"data\.cache_dir"):
         cfg.check()  # before any work, with the config's other errors
     with pytest.raises(
         UserError, match=r"data.cache_dir=\S+ cannot be written .* data.cache_dir=null"

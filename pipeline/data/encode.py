@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -42,7 +43,8 @@ class Encoded:
 def encode_texts(texts: Sequence[str], tokenizer: TextTokenizer, num_proc: int) -> Encoded:
     """Each text's token ids."""
     dtype = token_dtype(tokenizer.vocab_size)
-    parts = list(_map(_texts_batch, _batches(texts), num_proc, (tokenizer, dtype)))
+    job = (_as_texts, _texts_done, (tokenizer, dtype))
+    parts = list(_map(job, _batches(texts), num_proc))
     return Encoded(_cat([p[0] for p in parts], dtype), _cat([p[1] for p in parts], np.int64))
 
 
@@ -55,8 +57,8 @@ def encode_conversations(
 ) -> Encoded:
     """Each conversation's ids and which of them are trained."""
     dtype = token_dtype(tokenizer.vocab_size)
-    state = (tokenizer, dtype, segmenter, train_on_all)
-    parts = list(_map(_conversations_batch, _batches(conversations), num_proc, state))
+    job = (_pieces, _conversations_done, (tokenizer, dtype, segmenter, train_on_all))
+    parts = list(_map(job, _batches(conversations), num_proc))
     return Encoded(
         _cat([p[0] for p in parts], dtype),
         _cat([p[1] for p in parts], np.int64),
@@ -64,15 +66,27 @@ def encode_conversations(
     )
 
 
-def _texts_batch(texts: list[str], state: tuple) -> tuple[np.ndarray, np.ndarray]:
-    tokenizer, dtype = state
-    return _flat(tokenizer, texts, dtype)
+# A job is three parts: the texts a batch gives the tokenizer (Python), what becomes of their
+# encodings (numpy), and the state both read.
 
 
-def _conversations_batch(conversations: list[Conversation], state: tuple) -> tuple:
-    tokenizer, dtype, segmenter, train_on_all = state
-    pieces = [segmenter(c) for c in conversations]
-    flat, piece_lengths = _flat(tokenizer, [t for p in pieces for t, _ in p], dtype)
+def _as_texts(batch: list[str], state: tuple) -> tuple[list[str], None]:
+    return batch, None
+
+
+def _texts_done(_: None, encodings: list, state: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return _flat(encodings, state[1])
+
+
+def _pieces(batch: list[Conversation], state: tuple) -> tuple[list[str], list]:
+    segmenter = state[2]
+    pieces = [segmenter(c) for c in batch]
+    return [text for p in pieces for text, _ in p], pieces
+
+
+def _conversations_done(pieces: list, encodings: list, state: tuple) -> tuple:
+    _, dtype, _, train_on_all = state
+    flat, piece_lengths = _flat(encodings, dtype)
     piece_trained = np.fromiter((tr or train_on_all for p in pieces for _, tr in p), np.bool_)
     counts = np.fromiter(map(len, pieces), np.int64, len(pieces))
     ends = np.cumsum(counts)
@@ -81,8 +95,8 @@ def _conversations_batch(conversations: list[Conversation], state: tuple) -> tup
     return flat, lengths, np.repeat(piece_trained, piece_lengths)
 
 
-def _flat(tokenizer: TextTokenizer, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
-    ids = [e.ids for e in tokenizer.tokenizer.encode_batch_fast(texts)]
+def _flat(encodings: list, dtype) -> tuple[np.ndarray, np.ndarray]:
+    ids = [e.ids for e in encodings]
     lengths = np.fromiter(map(len, ids), np.int64, len(ids))
     return np.fromiter(chain.from_iterable(ids), dtype, int(lengths.sum())), lengths
 
@@ -96,30 +110,50 @@ def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
-_STATE: Any = None
-
-
-def _map(fn: Callable, batches: Iterator[list], num_proc: int, state: Any) -> Iterator:
-    """fn(batch, state) for each batch, in order: here, or in num_proc forked processes
-    (each single-threaded in the tokenizer, so they do not fight over the cores)."""
-    if num_proc <= 1:
-        yield from (fn(batch, state) for batch in batches)
+def _map(job: tuple, batches: Iterator[list], num_proc: int) -> Iterator:
+    """The job's result for each batch, in order. Here, the tokenizer (whose Rust threads let
+    go of the GIL) encodes one batch while Python renders the next and lays out the last; or
+    in num_proc forked processes, each single-threaded in the tokenizer so that they do not
+    fight over the cores."""
+    texts_of, done, state = job
+    encode = state[0].tokenizer.encode_batch_fast
+    if num_proc > 1:
+        yield from _in_processes(job, batches, num_proc)
         return
-    global _STATE
-    _STATE = (fn, state)
+    with ThreadPoolExecutor(1) as tokenizing:
+        pending = None
+        for batch in batches:
+            texts, extra = texts_of(batch, state)
+            encoded = tokenizing.submit(encode, texts)
+            if pending is not None:
+                yield done(pending[0], pending[1].result(), state)
+            pending = extra, encoded
+        if pending is not None:
+            yield done(pending[0], pending[1].result(), state)
+
+
+_JOB: Any = None
+
+
+def _in_processes(job: tuple, batches: Iterator[list], num_proc: int) -> Iterator:
+    global _JOB
+    _JOB = job
     context = multiprocessing.get_context("fork")
-    with context.Pool(num_proc, initializer=_quiet) as pool:
-        yield from pool.imap(_call, batches)
-    _STATE = None
+    try:
+        with context.Pool(num_proc, initializer=_quiet) as pool:
+            yield from pool.imap(_whole, batches)
+    finally:
+        _JOB = None
 
 
 def _quiet() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def _call(batch: list) -> Any:
-    fn, state = _STATE
-    return fn(batch, state)
+def _whole(batch: list) -> Any:
+    texts_of, done, state = _JOB
+    texts, extra = texts_of(batch, state)
+    return done(extra, state[0].tokenizer.encode_batch_fast(texts), state)
 
 
 def starts_of(lengths: np.ndarray) -> np.ndarray:
