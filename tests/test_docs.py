@@ -34,6 +34,7 @@ CONFIG_NAMES = {
     "evaluate": "evaluate",
     "generate": "generate",
     "export": "export",
+    "prepare": "config",
 }
 # `-m pipeline.<command>` at the start of a command (after python, srun, torchrun ... -m), not in
 # a comment, and followed by a space: `python -m pipeline.train: ...` in a layout table is prose.
