@@ -88,6 +88,16 @@ class DataConfig(Group):
     chunking: Literal["example", "concatenate"] = "example"
     """causal_lm: one example per text (cut to max_length), or concatenate: every text
     followed by the end-of-text token, joined and cut into max_length blocks."""
+    streaming: bool = False
+    """causal_lm and instruct: read, tokenize and pack the training records on the fly, never
+    all in memory (for corpora larger than memory or the cache); needs trainer.max_steps. See
+    docs/data.md, Streaming."""
+    shuffle_buffer: int = Field(default=10_000, ge=1)
+    """data.streaming: records a shard draws its next one from at random (its order is seeded
+    by seed and epoch, so a resume reproduces it)."""
+    streaming_val_examples: int = Field(default=1000, ge=0)
+    """data.streaming without data.val_path: the first this many records of data.path are the
+    validation split, and training skips them."""
 
     def check(self) -> None:
         if self.task == "instruct" and self.format not in ("json", "jsonl"):
@@ -123,9 +133,33 @@ class DataConfig(Group):
                 "only for data.task=causal_lm without data.packing (its blocks are full rows "
                 "already)",
             )
+        if self.streaming:
+            self._check_streaming()
         self._check_files()
         if self.cache_dir is not None:
             checked("data.cache_dir", self.cache_dir, check_folder)
+
+    def _check_streaming(self) -> None:
+        if self.task == "classification":
+            raise fail(
+                "data.streaming",
+                True,
+                "only for data.task=causal_lm or instruct (a classifier needs every label "
+                "before training; its data sets fit in memory: drop data.streaming)",
+            )
+        if self.format == "json":
+            raise fail(
+                "data.format",
+                self.format,
+                "jsonl, text, csv or tsv with data.streaming (one JSON array is read whole; "
+                "write one record a line, as JSONL)",
+            )
+        if self.chunking == "concatenate":
+            raise fail(
+                "data.chunking",
+                self.chunking,
+                "example with data.streaming (use data.packing=true to fill the rows instead)",
+            )
 
     def _check_files(self) -> None:
         # Here and not in the field types: a recorded run's data is also read alone

@@ -4,7 +4,9 @@ when a run with the same settings prepared them before."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from pipeline.data.encode import (
     truncated,
     with_eos,
 )
-from pipeline.data.records import Records, load_splits
+from pipeline.data.records import Records, load_splits, read_records
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
 
@@ -147,7 +149,9 @@ def build_data(
     """The data prepared for a run: opened from data.cache_dir when it was prepared before
     with the same settings, else prepared (and cached). Its warnings are printed either way."""
     ensure_synthetic(cfg)
-    if cfg.cache_dir is None:
+    if cfg.streaming:
+        bundle = prepare_streaming(cfg, seed, tokenizer)
+    elif cfg.cache_dir is None:
         bundle = prepare(cfg, seed, tokenizer, label_names)
     else:
         from pipeline.data.cache import cached
@@ -174,3 +178,58 @@ def prepare(
         for name, records in splits.items()
     }
     return bundle
+
+
+# data.streaming: records of the head of data.path a tokenizer trained on the data learns from,
+# and training records tokenized as a sample of the stream (the loss scale, calibration).
+TOKENIZER_RECORDS, SAMPLE_RECORDS = 20_000, 1000
+
+
+def prepare_streaming(
+    cfg: DataConfig, seed: int, tokenizer: TextTokenizer | None = None
+) -> DataBundle:
+    """data.streaming: validation (data.val_path, else the head of data.path) and test
+    (data.test_path, else none) prepared as arrays; training left to the stream, of which
+    only the head is read here. Not cached: the small splits take seconds."""
+    from pipeline.data.stream_source import head
+    from pipeline.data.streaming import StreamingBundle, source_of
+
+    held = 0 if cfg.val_path else cfg.streaming_val_examples
+    first = head(cfg, max(held + SAMPLE_RECORDS, TOKENIZER_RECORDS))
+    if len(first) <= held:
+        raise UserError(
+            f"data.streaming holds out the first data.streaming_val_examples={held} records "
+            f"of {cfg.path} for validation, and the file has only {len(first)}: none would be "
+            "left to train on. Lower data.streaming_val_examples, or give data.val_path."
+        )
+    splits = {
+        "train": _records(cfg, first[held : held + SAMPLE_RECORDS]),
+        "val": read_records(cfg.val_path, cfg) if cfg.val_path else _records(cfg, first[:held]),
+        "test": read_records(cfg.test_path, cfg) if cfg.test_path else _records(cfg, []),
+    }
+    tokenizer = tokenizer or build_tokenizer(cfg, _records(cfg, first[:TOKENIZER_RECORDS]))
+    prepared = tokenize(splits, cfg, tokenizer)
+    bundle = StreamingBundle(
+        prepared.task, prepared.tokenizer, prepared.splits, notes=prepared.notes
+    )
+    bundle.stream = source_of(cfg, seed, prepared.tokenizer, held)
+    bundle.sources = {
+        name: SplitSource(records.source, records.digest(), len(records.texts))
+        for name, records in splits.items()
+        if name != "train"
+    }
+    bundle.sources["train"] = SplitSource(str(Path(cfg.path).resolve()), _stamp(cfg.path), 0)
+    return bundle
+
+
+def _records(cfg: DataConfig, records: list) -> Records:
+    if cfg.task == "instruct":
+        contents = ["\n".join(t["content"] for t in c) for c in records]
+        return Records(contents, None, records, source=str(Path(cfg.path).resolve()))
+    return Records(list(records), None, source=str(Path(cfg.path).resolve()))
+
+
+def _stamp(path: str) -> str:
+    """A streamed file's identity for the record without reading it: its size and mtime."""
+    stat = Path(path).stat()
+    return hashlib.sha256(f"{stat.st_size}-{stat.st_mtime_ns}".encode()).hexdigest()[:16]

@@ -25,6 +25,10 @@ class Length:
 
 
 def length_of(cfg: TrainConfig, bundle: DataBundle) -> Length:
+    if cfg.data.streaming:
+        # The stream has no end: the run is one epoch of max_steps optimizer steps.
+        steps = max(cfg.trainer.max_steps, 1)
+        return Length(steps * cfg.optim.accumulate_grad_batches, steps)
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     rows = -(-len(bundle.splits["train"].ids) // max(devices, 1))
     batches = max(1, -(-rows // cfg.optim.batch_size))
@@ -37,6 +41,14 @@ def length_of(cfg: TrainConfig, bundle: DataBundle) -> Length:
 
 def check_against_data(cfg: TrainConfig, bundle: DataBundle) -> None:
     """Refuse, before a run is recorded, settings that only the data's size rules out."""
+    if cfg.data.streaming and cfg.trainer.max_steps <= 0:
+        raise UserError(
+            "data.streaming=true reads the training data as a stream whose length is not known "
+            "before it is read (it is never counted, nor held), so trainer.max_epochs cannot "
+            f"end the run, and trainer.max_steps={cfg.trainer.max_steps} does not. Set "
+            "trainer.max_steps to the optimizer steps to train (each rank reads on through "
+            "the file, pass after pass, until then)."
+        )
     interval = cfg.trainer.val_check_interval
     if not isinstance(interval, int) or not bundle.splits["val"].ids:
         return

@@ -28,6 +28,7 @@ from pipeline.run.module import GPTLightningModule
 from pipeline.run.progress import ProgressBar, progress_callback
 from pipeline.run.refusals import lightning_refusals
 from pipeline.run.resume import Resume
+from pipeline.run.stream_position import StreamPosition, saved_positions
 from pipeline.sparsity.callback import for_run
 
 
@@ -167,7 +168,10 @@ class Fitting:
         self.sparsity = for_run(
             cfg.sparsity, model, trained.sparse_layers, bundle, cfg.seed, run_dir / "sparsity"
         )
-        extra = [stop, *([self.sparsity] if self.sparsity else []), *callbacks]
+        # data.streaming: the stream's position, kept for the checkpoint (before it is saved).
+        self.position = StreamPosition(cfg.data.num_workers) if cfg.data.streaming else None
+        extra = [*([self.position] if self.position else []), stop]
+        extra += [*([self.sparsity] if self.sparsity else []), *callbacks]
         self.trainer, self.best = build_trainer(cfg, run_dir, logger, trained, self.has_val, extra)
         penalty = self.sparsity.pruner.penalty if self.sparsity and cfg.sparsity.l1_lambda else None
         self.module = GPTLightningModule(model, cfg.optim, penalty)
@@ -190,6 +194,10 @@ class Fitting:
         ckpt_path = None
         if resume:
             self.datamodule.resume_mid_epoch(checkpoint.batches_done(resume.checkpoint))
+            if self.position:
+                shards = self.trainer.world_size * self.position.workers
+                self.position.resume(saved_positions(resume.checkpoint, shards))
+                self.datamodule.resume_stream(self.position.positions)
             ckpt_path = resume.checkpoint
         with lightning_refusals():
             self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=ckpt_path)
