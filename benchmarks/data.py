@@ -98,6 +98,7 @@ def run(ctx: Context) -> list[Figure]:
         ]
     if ctx.mode != "smoke":  # four runs of the command: half a minute the test does without
         figures += _cached_runs(ctx, big_file, small_file, tokenizer_file, n, small)
+        figures += _streaming(ctx, tokenizer_file)
     return figures
 
 
@@ -141,4 +142,68 @@ def _cached_runs(
         Figure(f"training peak RSS, {n_small:,} records", "MB", [small_mb]),
         Figure(f"training peak RSS, {n:,} records", "MB", [large_mb]),
         Figure("  beyond the small set's", "MB", [large_mb - small_mb], 300.0, at_most=True),
+    ]
+
+
+# data.streaming: corpus bytes, training steps of the streamed run.
+STREAMED = {"smoke": (2_000_000, 5), "quick": (200_000_000, 100), "full": (2_000_000_000, 300)}
+
+
+def write_corpus(path: Path, size: int, seed: int = 0) -> None:
+    """A text corpus of about `size` bytes, one sentence a line: a block of sentences written
+    again and again, shuffled each time (seconds a GB, where drawing every word would take
+    minutes)."""
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "an", "el", "or"]
+    words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(3000)]
+    lines = [" ".join(rng.choices(words, k=rng.randint(8, 60))) for _ in range(20_000)]
+    written = 0
+    with open(path, "w") as f:
+        while written < size:
+            rng.shuffle(lines)
+            block = "\n".join(lines) + "\n"
+            f.write(block)
+            written += len(block)
+
+
+def _streaming(ctx: Context, tokenizer: Path) -> list[Figure]:
+    """A run streaming a corpus larger than the cached sets (quick 200 MB, full 2 GB) for a
+    fixed number of steps: its peak memory must not grow with the corpus, and its speed."""
+    size, steps = ctx.pick(STREAMED)
+    corpus = ctx.workdir / "corpus.txt"
+    write_corpus(corpus, size)
+    batch, length = 16, 128
+    args = [
+        f"paths.outputs={ctx.workdir / 'outputs-streamed'}",
+        "data=text",
+        f"data.path={corpus}",
+        "data.streaming=true",
+        "data.packing=true",
+        # A small validation split: fit's end (the speed's clock) includes validating it.
+        "data.streaming_val_examples=100",
+        f"data.max_length={length}",
+        f"data.tokenizer.path={tokenizer}",
+        "model=gpt-tiny",
+        "logger=none",
+        "trainer=cpu",
+        f"trainer.max_steps={steps}",
+        f"optim.batch_size={batch}",
+        "trainer.enable_progress_bar=false",
+        "export.formats=[]",
+    ]
+    stamps = ctx.workdir / "stamps-streamed.json"
+    _timed([sys.executable, "-m", "benchmarks.startup", *args], **{STAMPS_ENV: str(stamps)})
+    stamped = json.loads(stamps.read_text())
+    corpus.unlink()
+    # Packed rows are nearly full: about max_length tokens each, after the first step.
+    tokens_per_s = (steps - 1) * batch * length / (stamped["fit_end"] - stamped["first_step"])
+    return [
+        Figure(
+            f"streamed run, {size / 1e6:,.0f} MB corpus: peak RSS",
+            "MB",
+            [stamped["peak_rss_mb"]],
+            target=2048,
+            at_most=True,
+        ),
+        Figure("  its training speed (packed rows)", "tokens/s", [tokens_per_s]),
     ]
