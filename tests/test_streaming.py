@@ -212,3 +212,17 @@ def test_a_streamed_run_without_max_steps_is_refused_before_it_starts(corpus, tm
     assert len(bundle.splits["val"]) == HELD and len(bundle.splits["train"]) == 280
     with pytest.raises(UserError, match=r"trainer\.max_steps"):
         check_against_data(cfg, bundle)
+
+
+@pytest.mark.slow
+def test_a_streamed_ddp_run_on_two_cpu_ranks_saves_both_ranks_positions(corpus, tmp_path):
+    from tests.helpers import run_cli
+
+    outputs = tmp_path / "outputs"
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=8"]
+    args = [*STREAM_RUN, f"data.path={corpus}", *ddp, "trainer.val_check_interval=4"]
+    result = run_cli("train", f"paths.outputs={outputs}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (last,) = outputs.glob("runs/*/*/*/checkpoints/last.ckpt")
+    saved = torch.load(last, weights_only=True)["stream_position"]
+    assert saved["shards"] == 2 and [p[0] for p in saved["positions"]] == [0, 1]
