@@ -8,7 +8,7 @@ from pydantic import Field
 
 from pipeline.config.base import Group, LocalPath, fail
 from pipeline.config.locations import (
-    check_file,
+    check_data_file,
     check_file_or_folder,
     check_folder,
     check_written_file,
@@ -43,16 +43,19 @@ class DataConfig(Group):
     task: Literal["classification", "causal_lm", "instruct"]
     """classification: one label per text; causal_lm: next-token prediction; instruct:
     instruction or chat records, the loss on the assistant's answers."""
-    format: Literal["tsv", "csv", "jsonl", "json", "text"]
-    """How data.path is read (text: one example a line; json: one array of records)."""
-    path: LocalPath
-    """The data file; val/test splits come from it unless val_path/test_path are given."""
+    format: Literal["auto", "tsv", "csv", "jsonl", "json", "text", "parquet", "arrow"] = "auto"
+    """How data.path is read: auto (from each file's extension, else its first bytes), or one
+    format for every file (text: one example a line; json: one array of records; arrow: an
+    Arrow IPC file or a datasets save_to_disk folder)."""
+    path: LocalPath | list[LocalPath]
+    """The data: a file, a glob (data/*.parquet) or a list of them, read in order; val/test
+    splits come from it unless val_path/test_path are given."""
     synthetic_examples: int | None = Field(default=None, gt=0)
     """When set, data.path is generated with this many synthetic messages if it does not exist."""
-    val_path: LocalPath | None = None
-    """A separate validation file (then val_fraction is not used)."""
-    test_path: LocalPath | None = None
-    """A separate test file (then test_fraction is not used)."""
+    val_path: LocalPath | list[LocalPath] | None = None
+    """Separate validation data, as data.path (then val_fraction is not used)."""
+    test_path: LocalPath | list[LocalPath] | None = None
+    """Separate test data, as data.path (then test_fraction is not used)."""
     text_column: str = "text"
     """The column (or JSON key) holding the text."""
     label_column: str | None = None
@@ -100,11 +103,12 @@ class DataConfig(Group):
     validation split, and training skips them."""
 
     def check(self) -> None:
-        if self.task == "instruct" and self.format not in ("json", "jsonl"):
+        if self.task == "instruct" and self.format in ("tsv", "csv", "text"):
             raise fail(
                 "data.format",
                 self.format,
-                "json or jsonl for data.task=instruct (instruction records or conversations)",
+                "auto, json, jsonl, parquet or arrow for data.task=instruct (instruction "
+                "records or conversations)",
             )
         if self.packing and self.task == "classification":
             raise fail(
@@ -140,6 +144,13 @@ class DataConfig(Group):
             checked("data.cache_dir", self.cache_dir, check_folder)
 
     def _check_streaming(self) -> None:
+        if not isinstance(self.path, str) or set("*?[") & set(self.path):
+            raise fail(
+                "data.path",
+                self.path,
+                "one file with data.streaming (it is read from the start, a record at a time; "
+                "join the files into one, or drop data.streaming)",
+            )
         if self.task == "classification":
             raise fail(
                 "data.streaming",
@@ -147,11 +158,11 @@ class DataConfig(Group):
                 "only for data.task=causal_lm or instruct (a classifier needs every label "
                 "before training; its data sets fit in memory: drop data.streaming)",
             )
-        if self.format == "json":
+        if self.format in ("json", "parquet", "arrow"):
             raise fail(
                 "data.format",
                 self.format,
-                "jsonl, text, csv or tsv with data.streaming (one JSON array is read whole; "
+                "auto, jsonl, text, csv or tsv with data.streaming (one JSON array is read whole; "
                 "write one record a line, as JSONL)",
             )
         if self.chunking == "concatenate":
@@ -164,12 +175,21 @@ class DataConfig(Group):
     def _check_files(self) -> None:
         # Here and not in the field types: a recorded run's data is also read alone
         # (evaluate), where its files may be gone and the reader says so.
-        # Only data.path is generated when missing.
-        checked(
-            "data.path", self.path, check_written_file if self.synthetic_examples else check_file
-        )
-        for key in ("val_path", "test_path"):
-            if getattr(self, key) is not None:
-                checked(f"data.{key}", getattr(self, key), check_file)
+        # Only data.path is generated when missing, and then it is one file.
+        if self.synthetic_examples:
+            if not isinstance(self.path, str) or set("*?[") & set(self.path):
+                raise fail(
+                    "data.path",
+                    self.path,
+                    "one file with data.synthetic_examples (the file generated when missing); "
+                    "set data.synthetic_examples=null to read a glob or a list of files",
+                )
+            checked("data.path", self.path, check_written_file)
+        for key in ("path", "val_path", "test_path"):
+            spec = getattr(self, key)
+            if spec is None or (key == "path" and self.synthetic_examples):
+                continue
+            for entry in [spec] if isinstance(spec, str) else spec:
+                checked(f"data.{key}", entry, check_data_file)
         if self.tokenizer.path:
             checked("data.tokenizer.path", self.tokenizer.path, check_file_or_folder)

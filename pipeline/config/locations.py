@@ -8,6 +8,7 @@ standard library and pydantic: a config error never waits for torch or MLflow.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import stat
@@ -78,6 +79,22 @@ def check_file(path: str) -> str:
         raise ValueError(f"{allowed} (no such file)")
     if stat.S_ISDIR(found.st_mode):
         raise ValueError(f"{allowed} (this is a folder)")
+    _readable(path, found, allowed)
+    return path
+
+
+def check_data_file(path: str) -> str:
+    """One entry of data.path (val_path, test_path): a file, a folder that datasets'
+    save_to_disk wrote, or a glob that matches at least one file."""
+    allowed = "an existing file, a save_to_disk folder, or a glob that matches one"
+    if set("*?[") & set(path):
+        _nameable(path, allowed)
+        if not glob.glob(path, recursive=True):
+            raise ValueError(f"{allowed} (this pattern matches nothing)")
+        return path
+    found = _stat(path, allowed)
+    if found is None:
+        raise ValueError(f"{allowed} (no such file)")
     _readable(path, found, allowed)
     return path
 

@@ -45,7 +45,9 @@ class DataBundle:
         where = "prepared in memory"
         if self.cache is not None:
             where = f"cache {self.cache} ({self.cache_bytes / 1e6:.1f} MB)"
-        return f"Data: {sizes}; {where}."
+        files = sorted({s.path for s in self.sources.values() if s.path})
+        read = f" from {'; '.join(files)}" if files else ""
+        return f"Data{read}: {sizes}; {where}."
 
     @property
     def n_outputs(self) -> int | None:

@@ -32,6 +32,7 @@ from pipeline.config.data import DataConfig
 from pipeline.data.arrays import TokenizedSplit
 from pipeline.data.bundle import DataBundle, SplitSource
 from pipeline.data.conversations import chat_tokenizer
+from pipeline.data.reading import data_files
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
 from pipeline.files import atomic_write, write_json, write_text
@@ -114,8 +115,7 @@ def _digests(cfg: DataConfig, key: str) -> list[list[str]] | None:
     spec = getattr(cfg, key)
     if spec is None:
         return None
-    paths = [spec] if isinstance(spec, str) else spec  # TODO reading.data_files
-    return [[str(path), file_digest(Path(path), Path(cfg.cache_dir))] for path in paths]
+    return [[str(path), file_digest(path, Path(cfg.cache_dir))] for path in data_files(spec)]
 
 
 def file_digest(path: Path, root: Path) -> str:

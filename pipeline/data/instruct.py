@@ -1,6 +1,7 @@
-"""Instruction and chat data (data.task=instruct): records read from JSON or JSONL, in any of
-three spellings, into conversations (lists of {role, content}); each checked, with the file,
-line and reason of the first bad one.
+"""Instruction and chat data (data.task=instruct): records, as pipeline/data/reading.py reads
+them from any format that holds records, in any of three spellings, into conversations (lists
+of {role, content}); each checked, with the file, line (record, row) and reason of the first
+bad one.
 
 - instruction records, the teaching texts' format: {"instruction", "input" (optional),
   "output"} (names set by data.fields);
@@ -10,12 +11,11 @@ line and reason of the first bad one.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pipeline.config.data import DataConfig
-from pipeline.data.parsing import parse_jsonl
+from pipeline.data.reading import Rows
 from pipeline.errors import UserError
 
 Conversation = list[dict[str, str]]
@@ -23,28 +23,12 @@ _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "
 _SHAREGPT_ROLES["assistant"] = "assistant"
 
 
-def read_conversations(path: Path, text: str, cfg: DataConfig) -> list[Conversation]:
-    rows = _rows(path, text, cfg.format)
-    if not rows:
+def read_conversations(path: Path, rows: Rows, cfg: DataConfig) -> list[Conversation]:
+    """Each row of `path` as a conversation; the first bad one is refused, named as `rows`
+    names it."""
+    if not rows.rows:
         raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
-    where = "record" if cfg.format == "json" else "line"
-    return [_conversation(row, cfg, f"{path}, {where} {number}") for number, row in rows]
-
-
-def _rows(path: Path, text: str, fmt: str) -> list[tuple[int, Any]]:
-    if fmt == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}). data.format=json "
-                "reads one JSON array of records; use data.format=jsonl for one record a line."
-            ) from None
-        if not isinstance(data, list):
-            raise UserError(f"{path} holds a JSON {type(data).__name__}, not an array of records.")
-        return list(enumerate(data, start=1))
-    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    return list(zip([n for n, _ in numbered], parse_jsonl(path, text), strict=True))
+    return [_conversation(row, cfg, f"{path}, {rows.where(i)}") for i, row in enumerate(rows.rows)]
 
 
 def _conversation(row: Any, cfg: DataConfig, where: str) -> Conversation:
@@ -80,9 +64,18 @@ def _conversation(row: Any, cfg: DataConfig, where: str) -> Conversation:
 
 
 def _list(value: Any, where: str) -> list:
+    if isinstance(value, dict) and _columns_of_turns(value):
+        # datasets' Sequence({"role": ..., "content": ...}) stores the turns as one list per
+        # key (a struct of lists): Parquet and Arrow files written through it read so.
+        value = [dict(zip(value, turn, strict=True)) for turn in zip(*value.values(), strict=True)]
     if not isinstance(value, list) or not value:
         raise UserError(f"{where}: the turns must be a non-empty list.")
     return value
+
+
+def _columns_of_turns(value: dict) -> bool:
+    lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
+    return len(lengths) == 1 and -1 not in lengths
 
 
 def _text(value: Any, where: str) -> str:

@@ -1,11 +1,9 @@
-"""Reading data files (TSV, CSV, JSONL, text) into texts and labels, and splitting them by
-seed into train, validation and test."""
+"""Data files (pipeline/data/reading.py reads each format) into texts and labels, or
+conversations, and those split by seed into train, validation and test."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import random
 from dataclasses import dataclass
@@ -14,7 +12,7 @@ from pathlib import Path
 from pipeline.config.data import DataConfig
 from pipeline.data import demo
 from pipeline.data.instruct import Conversation, read_conversations
-from pipeline.data.parsing import parse_jsonl, read_text
+from pipeline.data.reading import data_files, detect, read_rows, spec_name
 from pipeline.errors import UserError
 
 
@@ -24,7 +22,7 @@ class Records:
     labels: list[str] | None
     # data.task=instruct: the conversations (texts holds their contents, one string each).
     conversations: list[Conversation] | None = None
-    # The file they were read from (absolute).
+    # What they were read from: the file, glob or list of them (absolute).
     source: str | None = None
 
     def digest(self) -> str:
@@ -34,63 +32,68 @@ class Records:
         return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
-def read_records(path: str | Path, cfg: DataConfig) -> Records:
-    """The text (and label) column of a file in `cfg.format`."""
-    records = _read(Path(path), cfg)
-    records.source = str(Path(path).resolve())
+def read_records(spec: str | Path | list[str], cfg: DataConfig) -> Records:
+    """The text (and label) column, or the conversations, of a file, a glob or a list of them
+    (concatenated in order), each file read in its own format (data.format, or what it is)."""
+    parts = [_read(path, cfg) for path in data_files(spec)]
+    records = Records(
+        [text for part in parts for text in part.texts],
+        _joined([part.labels for part in parts]),
+        _joined([part.conversations for part in parts]),
+    )
+    records.source = spec_name(spec)
     return records
 
 
+def _joined(parts: list[list | None]) -> list | None:
+    return None if parts[0] is None else [value for part in parts for value in part or []]
+
+
 def _read(path: Path, cfg: DataConfig) -> Records:
-    if not path.is_file():
-        raise UserError(f"Data file {path} does not exist. Check data.path.")
-    want_labels = cfg.task == "classification"
-    text = read_text(path)
+    fmt = detect(path, cfg.format)
     if cfg.task == "instruct":
-        conversations = read_conversations(path, text, cfg)
+        if fmt in ("text", "csv", "tsv"):
+            raise UserError(
+                f"{path} reads as {fmt}, and data.task=instruct needs records (JSON lines, a "
+                "JSON array, Parquet or Arrow) of instructions or conversations. Convert it, "
+                "or set data.format to what it holds if its name misleads."
+            )
+        conversations = read_conversations(path, read_rows(path, fmt), cfg)
         contents = ["\n".join(t["content"] for t in c) for c in conversations]
         return Records(contents, None, conversations)
-    if cfg.format == "text":
-        lines = [line.strip() for line in text.splitlines()]
-        if not any(lines):
-            raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
-        return Records([line for line in lines if line], None)
-    if cfg.format == "jsonl":
-        rows = parse_jsonl(path, text)
-    else:
-        delimiter = "\t" if cfg.format == "tsv" else ","
-        try:
-            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
-        except csv.Error as exc:
-            raise UserError(
-                f"Could not read {path} as {cfg.format} ({exc}). Check data.format (tsv, csv, "
-                "jsonl, text)."
-            ) from None
-    if not rows:
-        raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
+    rows = read_rows(path, fmt, cfg.text_column)
+    want_labels = cfg.task == "classification"
     columns = [cfg.text_column] + ([cfg.label_column] if want_labels else [])
     for column in columns:
-        if column not in rows[0]:
+        if column not in rows.column_names():
             key = "data.text_column" if column == cfg.text_column else "data.label_column"
             raise UserError(
                 f"{path} has no column {column!r} ({key}). Its columns are: "
-                f"{', '.join(map(str, rows[0]))}. Set {key}=<one of them>."
+                f"{', '.join(rows.column_names()) or 'none'}. Set {key}=<one of them>."
             )
-    for number, row in enumerate(rows, start=2 if cfg.format != "jsonl" else 1):
+    # A JSON value holds a "JSON list"; a Parquet or Arrow cell just a list.
+    json_ = "JSON " if rows.fmt in ("json", "jsonl") else ""
+    for i, row in enumerate(rows.rows):
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path}, {rows.where(i)}, holds a JSON {type(row).__name__}, not an object. "
+                'Each record must be an object such as {"text": ..., "label": ...}.'
+            )
         for column in columns:
             value = row.get(column)
             if value is None:
                 raise UserError(
-                    f"{path}, {'line' if cfg.format == 'jsonl' else 'row'} {number}, has no "
-                    f"value for column {column!r}. Fix that line or remove it."
+                    f"{path}, {rows.where(i)}, has no value for column {column!r}. Fix that "
+                    f"{rows.kind} or remove it."
                 )
             if isinstance(value, list | dict):
                 raise UserError(
-                    f"{path}, line {number}, holds a JSON {type(value).__name__} in column "
-                    f"{column!r}, where text or a label belongs. Fix that line or remove it."
+                    f"{path}, {rows.where(i)}, holds a {json_}{type(value).__name__} in column "
+                    f"{column!r}, where text or a label belongs. Fix that {rows.kind} or "
+                    "remove it."
                 )
-    texts = [str(row[cfg.text_column]) for row in rows]
-    labels = [str(row[cfg.label_column]) for row in rows] if want_labels else None
+    texts = [str(row[cfg.text_column]) for row in rows.rows]
+    labels = [str(row[cfg.label_column]) for row in rows.rows] if want_labels else None
     return Records(texts, labels)
 
 

@@ -9,6 +9,7 @@ round-robin: training record j (index skip + j) belongs to shard j % n_shards.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import random
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,7 @@ from typing import Any
 
 from pipeline.config.data import DataConfig
 from pipeline.data.instruct import read_conversations
+from pipeline.data.reading import Rows, detect
 from pipeline.errors import UserError
 
 # What a record becomes: the text (causal_lm) or the conversation (instruct).
@@ -32,8 +34,9 @@ def raw_records(cfg: DataConfig) -> Iterator[tuple[int, Any]]:
         raise UserError(f"Data file {path} does not exist. Check data.path.")
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
-            if cfg.format in ("csv", "tsv"):
-                delimiter = "\t" if cfg.format == "tsv" else ","
+            fmt = _format(cfg.path, cfg.format)
+            if fmt in ("csv", "tsv"):
+                delimiter = "\t" if fmt == "tsv" else ","
                 for row in csv.DictReader(handle, delimiter=delimiter):
                     yield 0, row
                 return
@@ -54,13 +57,11 @@ def raw_records(cfg: DataConfig) -> Iterator[tuple[int, Any]]:
 def parse(cfg: DataConfig, number: int, raw: Any) -> Record:
     """One raw record as training reads it; a bad one is refused with its line."""
     path = Path(cfg.path)
-    if cfg.task == "instruct":
-        (conversation,) = read_conversations(path, raw, cfg)
-        return conversation
-    if cfg.format == "text":
+    fmt = _format(cfg.path, cfg.format)
+    if fmt == "text":
         return raw.strip()
     row = raw
-    if cfg.format == "jsonl":
+    if fmt == "jsonl":
         try:
             row = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -68,6 +69,9 @@ def parse(cfg: DataConfig, number: int, raw: Any) -> Record:
                 f"{path}, line {number}, is not valid JSON ({exc.msg}, column {exc.colno}). "
                 "Each line of a .jsonl file must hold one JSON object; fix or remove that line."
             ) from None
+    if cfg.task == "instruct":
+        (conversation,) = read_conversations(path, Rows([row], "line", [number]), cfg)
+        return conversation
     value = row.get(cfg.text_column) if isinstance(row, dict) else None
     if value is None or isinstance(value, list | dict):
         where = f"line {number}" if number else "a row"
@@ -76,6 +80,17 @@ def parse(cfg: DataConfig, number: int, raw: Any) -> Record:
             "Fix that record or remove it, or set data.text_column to the column of the text."
         )
     return str(value)
+
+
+@functools.lru_cache(maxsize=8)
+def _format(path: str, configured: str) -> str:
+    fmt = detect(Path(path), configured)
+    if fmt not in ("jsonl", "text", "csv", "tsv"):
+        raise UserError(
+            f"{path} reads as {fmt}; data.streaming reads JSON lines, text, CSV or TSV one "
+            "record at a time. Convert it, or drop data.streaming."
+        )
+    return fmt
 
 
 def head(cfg: DataConfig, n: int) -> list[Record]:

@@ -123,7 +123,8 @@ def _labelled(trained: Trained, model, split: TokenizedSplit, device: torch.devi
     padding to reason about; test splits are small)."""
     names = trained.label_names
     rows = []
-    for ids, label in zip(split.ids, split.labels or [], strict=True):
+    labels = [] if split.labels is None else split.labels.tolist()
+    for ids, label in zip(split.ids, labels, strict=True):
         input_ids = torch.as_tensor(ids.astype("int64"), device=device)[None]
         lengths = torch.tensor([len(ids)], device=device)
         probs = label_probabilities(model.pooled(model(input_ids), lengths)[0].float()).tolist()
