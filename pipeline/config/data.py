@@ -14,6 +14,7 @@ from pipeline.config.locations import (
     check_written_file,
     checked,
 )
+from pipeline.errors import UserError
 
 
 class TokenizerConfig(Group):
@@ -37,6 +38,30 @@ class FieldsConfig(Group):
     """The answer the model learns to give."""
 
 
+class SourceConfig(Group):
+    """One data set of a mixture (data.datasets): its files, how they are read, and its
+    share of the mixture."""
+
+    path: LocalPath | list[LocalPath]
+    """A file, a glob or a list of them, as data.path."""
+    name: str | None = None
+    """How the run's record names this source (default: its first file's name)."""
+    format: Literal["auto", "tsv", "csv", "jsonl", "json", "text", "parquet", "arrow"] = "auto"
+    """As data.format."""
+    weight: float | None = Field(default=None, gt=0)
+    """Its share of the mixture, relative to the other weighted sources: the mixture is as
+    large as it can be without repeating an example of any of them."""
+    examples: int | None = Field(default=None, gt=0)
+    """Instead of a weight: exactly this many examples (drawn by seed; more than the source
+    holds repeats it)."""
+    text_column: str | None = None
+    """As data.text_column (default: data's)."""
+    label_column: str | None = None
+    """As data.label_column (default: data's)."""
+    fields: FieldsConfig | None = None
+    """As data.fields (default: data's)."""
+
+
 class DataConfig(Group):
     name: str
     """The preset's name (demo, demo_lm, tsv, csv, jsonl, text)."""
@@ -47,9 +72,9 @@ class DataConfig(Group):
     """How data.path is read: auto (from each file's extension, else its first bytes), or one
     format for every file (text: one example a line; json: one array of records; arrow: an
     Arrow IPC file or a datasets save_to_disk folder)."""
-    path: LocalPath | list[LocalPath]
+    path: LocalPath | list[LocalPath] | None = None
     """The data: a file, a glob (data/*.parquet) or a list of them, read in order; val/test
-    splits come from it unless val_path/test_path are given."""
+    splits come from it unless val_path/test_path are given. Or data.datasets."""
     synthetic_examples: int | None = Field(default=None, gt=0)
     """When set, data.path is generated with this many synthetic messages if it does not exist."""
     val_path: LocalPath | list[LocalPath] | None = None
@@ -91,6 +116,9 @@ class DataConfig(Group):
     chunking: Literal["example", "concatenate"] = "example"
     """causal_lm: one example per text (cut to max_length), or concatenate: every text
     followed by the end-of-text token, joined and cut into max_length blocks."""
+    datasets: list[SourceConfig] = Field(default_factory=list)
+    """A mixture instead of data.path: several sources, each with its own files, format and
+    columns, and a weight or an example count; mixed by seed, then split as data.path is."""
     streaming: bool = False
     """causal_lm and instruct: read, tokenize and pack the training records on the fly, never
     all in memory (for corpora larger than memory or the cache); needs trainer.max_steps. See
@@ -137,6 +165,19 @@ class DataConfig(Group):
                 "only for data.task=causal_lm without data.packing (its blocks are full rows "
                 "already)",
             )
+        if (self.path is None) == (not self.datasets):
+            raise UserError(
+                "Config error: data.path is required but not set (or set together with "
+                "data.datasets). Set data.path=<a file, a glob or a list of files>, or list "
+                "the sources of a mixture in data.datasets, not both."
+            )
+        for i, source in enumerate(self.datasets):
+            if (source.weight is None) == (source.examples is None):
+                raise fail(
+                    f"data.datasets[{i}]",
+                    source.name or source.path,
+                    "a weight (its share of the mixture) or an example count, one of the two",
+                )
         if self.streaming:
             self._check_streaming()
         self._check_files()
@@ -144,7 +185,7 @@ class DataConfig(Group):
             checked("data.cache_dir", self.cache_dir, check_folder)
 
     def _check_streaming(self) -> None:
-        if not isinstance(self.path, str) or set("*?[") & set(self.path):
+        if not isinstance(self.path, str) or set("*?[") & set(self.path):  # or a mixture
             raise fail(
                 "data.path",
                 self.path,
@@ -177,7 +218,7 @@ class DataConfig(Group):
         # (evaluate), where its files may be gone and the reader says so.
         # Only data.path is generated when missing, and then it is one file.
         if self.synthetic_examples:
-            if not isinstance(self.path, str) or set("*?[") & set(self.path):
+            if not isinstance(self.path, str) or set("*?[") & set(self.path):  # or a mixture
                 raise fail(
                     "data.path",
                     self.path,
@@ -191,5 +232,8 @@ class DataConfig(Group):
                 continue
             for entry in [spec] if isinstance(spec, str) else spec:
                 checked(f"data.{key}", entry, check_data_file)
+        for i, source in enumerate(self.datasets):
+            for entry in [source.path] if isinstance(source.path, str) else source.path:
+                checked(f"data.datasets[{i}].path", entry, check_data_file)
         if self.tokenizer.path:
             checked("data.tokenizer.path", self.tokenizer.path, check_file_or_folder)

@@ -18,6 +18,8 @@ class SplitSource:
     path: str | None
     digest: str
     examples: int
+    # A mixture's source (data.datasets): its share of the mixed examples.
+    share: float | None = None
 
 
 @dataclass

@@ -84,6 +84,7 @@ def fingerprint(
 ) -> str:
     settings = cfg.model_dump(mode="json", exclude=_NOT_KEYED)
     files = {key: _digests(cfg, key) for key in ("path", "val_path", "test_path")}
+    files["datasets"] = [_digests(source, "path", Path(cfg.cache_dir)) for source in cfg.datasets]
     content = {
         "layout": LAYOUT,
         "settings": settings,
@@ -111,11 +112,14 @@ def _digest(tokenizer: TextTokenizer) -> str:
     return "sha256:" + hashlib.sha256(tokenizer.to_json().encode()).hexdigest()
 
 
-def _digests(cfg: DataConfig, key: str) -> list[list[str]] | None:
+def _digests(cfg, key: str, root: Path | None = None) -> list[list[str]] | None:
+    """The content digests of the files `cfg.<key>` names (cfg: data's settings, or one
+    source of a mixture)."""
     spec = getattr(cfg, key)
     if spec is None:
         return None
-    return [[str(path), file_digest(path, Path(cfg.cache_dir))] for path in data_files(spec)]
+    root = root or Path(cfg.cache_dir)
+    return [[str(path), file_digest(path, root)] for path in data_files(spec)]
 
 
 def file_digest(path: Path, root: Path) -> str:

@@ -25,6 +25,7 @@ from pipeline.data.encode import (
     truncated,
     with_eos,
 )
+from pipeline.data.mixture import mixed
 from pipeline.data.records import Records, load_splits, read_records
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
@@ -170,13 +171,19 @@ def prepare(
     label_names: list[str] | None = None,
 ) -> DataBundle:
     """The records read and split, the tokenizer trained or taken, the splits tokenized."""
-    splits = load_splits(cfg, seed)
+    records, parts = mixed(cfg, seed) if cfg.datasets else (None, [])
+    splits = load_splits(cfg, seed, records)
     tokenizer = tokenizer or build_tokenizer(cfg, splits["train"])
     bundle = tokenize(splits, cfg, tokenizer, label_names)
     bundle.sources = {
         name: SplitSource(records.source, records.digest(), len(records.texts))
         for name, records in splits.items()
     }
+    # Each source of a mixture as its own dataset of the run, with its share.
+    for part in parts:
+        bundle.sources[f"mixture/{part.name}"] = SplitSource(
+            part.source, part.digest, part.examples, round(part.share, 6)
+        )
     return bundle
 
 

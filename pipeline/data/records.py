@@ -105,7 +105,7 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
-def _subset(records: Records, idx: list[int]) -> Records:
+def subset(records: Records, idx: list[int]) -> Records:
     def pick(values: list | None) -> list | None:
         return None if values is None else [values[i] for i in idx]
 
@@ -113,17 +113,18 @@ def _subset(records: Records, idx: list[int]) -> Records:
     return Records(*picked, source=records.source)
 
 
-def load_splits(cfg: DataConfig, seed: int) -> dict[str, Records]:
-    """Train/val/test records: split files where given, the rest split from data.path by seed."""
+def load_splits(cfg: DataConfig, seed: int, records: Records | None = None) -> dict[str, Records]:
+    """Train/val/test records: split files where given, the rest split by seed from data.path
+    (or from `records`, a mixture's)."""
     if cfg.synthetic_examples:
         write = demo.ensure_instruct_file if cfg.task == "instruct" else demo.ensure_file
         write(cfg.path, cfg.synthetic_examples)
-    records = read_records(cfg.path, cfg)
+    records = records or read_records(cfg.path, cfg)
     val_fraction = 0.0 if cfg.val_path else cfg.val_fraction
     test_fraction = 0.0 if cfg.test_path else cfg.test_fraction
     train, val, test = split_indices(len(records.texts), val_fraction, test_fraction, seed)
-    splits = {"train": _subset(records, train), "val": _subset(records, val)}
-    splits["test"] = _subset(records, test)
+    splits = {"train": subset(records, train), "val": subset(records, val)}
+    splits["test"] = subset(records, test)
     if cfg.val_path:
         splits["val"] = read_records(cfg.val_path, cfg)
     if cfg.test_path:

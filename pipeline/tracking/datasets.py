@@ -28,11 +28,14 @@ def as_dataset(split: str, source: SplitSource) -> Dataset:
     stem = Path(source.path).stem if source.path else "data"
     location = {"uri": Path(source.path).as_uri()} if source.path else {"uri": "unknown"}
     return Dataset(
-        name=f"{stem}-{split}",
+        name=split.replace("/", "-") if "/" in split else f"{stem}-{split}",
         digest=source.digest,
         source_type="local",
         source=json.dumps(location),
-        profile=json.dumps({"num_rows": source.examples}),
+        profile=json.dumps(
+            {"num_rows": source.examples}
+            | ({} if source.share is None else {"share_of_mixture": source.share})
+        ),
     )
 
 
@@ -43,7 +46,7 @@ def log_datasets(
     inputs = [
         DatasetInput(
             as_dataset(split, source),
-            [InputTag(MLFLOW_DATASET_CONTEXT, context or CONTEXTS[split])],
+            [InputTag(MLFLOW_DATASET_CONTEXT, context or CONTEXTS.get(split, "training"))],
         )
         for split, source in sources.items()
         if source.examples
