@@ -135,7 +135,7 @@ def test_a_path_and_a_mixture_are_not_both_given(tmp_path):
     path = str(instructions(tmp_path / "a.jsonl", "alpha", 5))
     with pytest.raises(UserError, match="data.path is required .* not both"):
         config([{"path": path, "weight": 1}], path=path)
-    cfg = app_config(["data=instruct", f"+data.datasets=[{{path: {path}, weight: 1}}]"], tmp_path)
+    cfg = app_config(["data=instruct", f"data.datasets=[{{path: {path}, weight: 1}}]"], tmp_path)
     assert cfg.data.path is None and cfg.data.datasets[0].weight == 1
     with pytest.raises(UserError, match=r"data\.datasets\.0\.weight=0 is not allowed"):
-        app_config(["data=instruct", f"+data.datasets=[{{path: {path}, weight: 0}}]"], tmp_path)
+        app_config(["data=instruct", f"data.datasets=[{{path: {path}, weight: 0}}]"], tmp_path)
