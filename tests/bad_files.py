@@ -132,3 +132,65 @@ def hf_export(tmp: Path) -> None:
     tokenizer = TextTokenizer.train([f"message {i}" for i in range(30)], 300, 1)
     model = GPTModel(GPTConfig(tokenizer.vocab_size, 16, 8, n_heads=2, n_layers=1))
     export_trained(Trained(model, tokenizer), ["hf"], tmp / "export")
+
+
+def parquet_rows(name: str, rows: list[dict], cut: bool = False) -> Callable[[Path], None]:
+    """A Parquet file of `rows` (pyarrow's writer), whole or cut short (no footer)."""
+
+    def setup(tmp: Path) -> None:
+        import pyarrow.parquet as pq
+
+        pq.write_table(_table(rows), tmp / name)
+        if cut:
+            _cut(tmp / name)
+
+    return setup
+
+
+def arrow_rows(name: str, rows: list[dict], cut: bool = False) -> Callable[[Path], None]:
+    """An Arrow IPC file of `rows` (what .arrow and .feather files are), whole or cut short."""
+
+    def setup(tmp: Path) -> None:
+        import pyarrow as pa
+
+        table = _table(rows)
+        with pa.OSFile(str(tmp / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        if cut:
+            _cut(tmp / name)
+
+    return setup
+
+
+def saved_dataset(
+    name: str, rows: list[dict], splits: tuple[str, ...] = (), cut: bool = False
+) -> Callable[[Path], None]:
+    """A folder written by datasets' save_to_disk: one Dataset, or a DatasetDict of `splits`
+    (each holding `rows`); `cut` cuts its Arrow file short."""
+
+    def setup(tmp: Path) -> None:
+        import datasets
+
+        datasets.disable_progress_bars()
+        dataset = datasets.Dataset(_table(rows))  # from_list too keeps the first row's keys
+        if splits:
+            dataset = datasets.DatasetDict({split: dataset for split in splits})
+        dataset.save_to_disk(str(tmp / name))
+        if cut:
+            (arrow,) = (tmp / name).glob("data-*.arrow")
+            _cut(arrow)
+
+    return setup
+
+
+def _table(rows: list[dict]):
+    """`rows` as an Arrow table with every key any row has (from_pylist takes the first row's
+    keys as the columns), null where a row has none: as a table of such records is written."""
+    import pyarrow as pa
+
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.Table.from_pylist([{key: row.get(key) for key in keys} for row in rows])
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -62,13 +62,7 @@ def data_files(spec: Spec) -> list[Path]:
                 raise UserError(f"Data file {entry} does not exist. Check data.path.")
             files.append(Path(entry))
             continue
-        # A folder a glob matches is data only when datasets wrote it (`data/**` matches
-        # every folder on the way, and `data/` itself).
-        matched = [
-            Path(p)
-            for p in sorted(glob.glob(entry, recursive=True))
-            if os.path.isfile(p) or os.path.isfile(os.path.join(p, "state.json"))
-        ]
+        matched = _matches(entry)
         if not matched:
             raise UserError(
                 f"The pattern {entry} matches no file. Check data.path: a path, a glob such as "
@@ -76,6 +70,16 @@ def data_files(spec: Spec) -> list[Path]:
             )
         files += matched
     return files
+
+
+def _matches(pattern: str) -> list[Path]:
+    """A glob's files, sorted. A folder it matches is data only when datasets wrote it
+    (`data/**` matches every folder on the way), and then it is one entry, not its files."""
+    found = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+    saved = [p for p in found if (p / "state.json").is_file()]
+    return [
+        p for p in found if (p.is_file() or p in saved) and not any(s in p.parents for s in saved)
+    ]
 
 
 def spec_name(spec: Spec) -> str:
@@ -133,7 +137,9 @@ class Rows:
     def column_names(self) -> list[str]:
         if self.columns is not None:
             return self.columns
-        return [str(c) for c in self.rows[0]] if self.rows and isinstance(self.rows[0], dict) else []
+        return (
+            [str(c) for c in self.rows[0]] if self.rows and isinstance(self.rows[0], dict) else []
+        )
 
 
 def read_rows(path: Path, fmt: str, text_key: str = "text") -> Rows:
@@ -146,7 +152,9 @@ def read_rows(path: Path, fmt: str, text_key: str = "text") -> Rows:
             "folder written by datasets' save_to_disk."
         )
     if path.is_file() and path.stat().st_size == 0:
-        raise UserError(f"{path} is empty: it holds no examples. Point data.path at a non-empty file.")
+        raise UserError(
+            f"{path} is empty: it holds no examples. Point data.path at a non-empty file."
+        )
     rows = _columnar(path, fmt) if fmt in ("parquet", "arrow") else _textual(path, fmt, text_key)
     if not rows.rows:
         raise UserError(f"{path} holds no examples. Point data.path at a non-empty file.")
