@@ -47,7 +47,9 @@ CASES: dict[str, Case] = {
     "unknown scheduler": Case("optim.scheduler=step", r"'cosine', 'linear' or 'constant'"),
     "unknown precision": Case("trainer.precision=fp8", r"'32-true', 'bf16-mixed' or '16-mixed'"),
     "unknown accelerator": Case("trainer.accelerator=tpu", r"'auto', 'cpu', 'gpu'"),
-    "unknown data format": Case("data.format=parquet", r"'tsv', 'csv', 'jsonl', 'json' or 'text'"),
+    "unknown data format": Case(
+        "data.format=xlsx", r"'auto', 'tsv', 'csv', 'jsonl', 'json', 'text', 'parquet' or 'arrow'"
+    ),
     "unknown export format": Case("export.formats=[hf,tflite]", r"export.formats.1='tflite'"),
     "unknown lora bias": Case("lora=default lora.bias=some", r"'none', 'all' or 'lora_only'"),
     "an ONNX export as pretrained weights": Case(

@@ -133,7 +133,7 @@ def test_bad_mixtures_are_refused(sources, message, tmp_path):
 
 def test_a_path_and_a_mixture_are_not_both_given(tmp_path):
     path = str(instructions(tmp_path / "a.jsonl", "alpha", 5))
-    with pytest.raises(UserError, match="data.path is required .* not both"):
+    with pytest.raises(UserError, match=r"data\.path is required .* not both"):
         config([{"path": path, "weight": 1}], path=path)
     cfg = app_config(["data=instruct", f"data.datasets=[{{path: {path}, weight: 1}}]"], tmp_path)
     assert cfg.data.path is None and cfg.data.datasets[0].weight == 1

@@ -38,8 +38,9 @@ class DataBundle:
     cache: Path | None = None
     cache_bytes: int = 0
 
-    def describe(self) -> str:
-        """One line for the run's summary: the splits' sizes, and where they were read from."""
+    def describe(self, files: str = "") -> str:
+        """One line for the run's summary: the splits' sizes, and where they were read from
+        (`files`: what was read, as '3 files (parquet)')."""
         sizes = ", ".join(
             f"{len(split):,} {name} rows ({split.tokens:,} tokens)"
             for name, split in self.splits.items()
@@ -47,8 +48,9 @@ class DataBundle:
         where = "prepared in memory"
         if self.cache is not None:
             where = f"cache {self.cache} ({self.cache_bytes / 1e6:.1f} MB)"
-        files = sorted({s.path for s in self.sources.values() if s.path})
-        read = f" from {'; '.join(files)}" if files else ""
+        paths = sorted({s.path for s in self.sources.values() if s.path})
+        read = f", {files}," if files else ""
+        read += f" from {'; '.join(paths)}" if paths else ""
         return f"Data{read}: {sizes}; {where}."
 
     @property

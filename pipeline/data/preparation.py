@@ -26,6 +26,7 @@ from pipeline.data.encode import (
     with_eos,
 )
 from pipeline.data.mixture import mixed
+from pipeline.data.reading import describe
 from pipeline.data.records import Records, load_splits, read_records
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
@@ -160,7 +161,11 @@ def build_data(
         bundle = cached(cfg, seed, tokenizer, label_names, prepare)
     for note in bundle.notes:
         print(f"warning: {note}", file=sys.stderr)
-    print(bundle.describe())
+    if cfg.streaming:
+        print(bundle.describe())
+    else:
+        read = f"{len(cfg.datasets)} sources" if cfg.datasets else describe(cfg.path, cfg.format)
+        print(bundle.describe(read))
     return bundle
 
 
