@@ -193,3 +193,13 @@ def test_a_cache_folder_that_cannot_be_made_is_refused(files, tmp_path):
         UserError, match=r"data.cache_dir=\S+ cannot be written .* data.cache_dir=null"
     ):
         build_data(cfg, 0)  # and where a config was not checked (evaluate's recorded data)
+
+
+@pytest.mark.parametrize("kind", ["instruct", "causal_lm"])
+def test_preparing_in_processes_gives_the_same_arrays(files, kind, monkeypatch):
+    from pipeline.data import encode
+
+    monkeypatch.setattr(encode, "BATCH", 64)  # several batches for the two processes
+    alone = build_data(config(files, kind, None), 0)
+    shared = build_data(config(files, kind, None, num_proc=2), 0)
+    assert same(batches(alone), batches(shared))

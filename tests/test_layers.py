@@ -14,7 +14,8 @@ from tests.helpers import cli_env
 
 LINT_IMPORTS = Path(__import__("sys").executable).parent / "lint-imports"
 # The commands: the python -m entry points and the Hydra side (pipeline/cli/).
-COMMANDS = {"train.py", "evaluate.py", "generate.py", "export.py", "doctor.py", "fetch.py", "cli"}
+COMMANDS = {"train.py", "evaluate.py", "generate.py", "export.py", "doctor.py", "fetch.py"}
+COMMANDS |= {"prepare.py", "cli"}
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:

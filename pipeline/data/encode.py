@@ -147,7 +147,9 @@ def _in_processes(job: tuple, batches: Iterator[list], num_proc: int) -> Iterato
 
 
 def _quiet() -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Each worker one thread in the tokenizer: the processes share the cores between them. (A
+    # library setting for this process, not a setting read: the commands read the environment.)
+    os.putenv("TOKENIZERS_PARALLELISM", "false")
 
 
 def _whole(batch: list) -> Any:
