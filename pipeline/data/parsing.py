@@ -22,21 +22,25 @@ def read_text(path: Path) -> str:
 
 
 def parse_jsonl(path: Path, text: str) -> list[dict]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{path}, line {number}, is not valid JSON ({exc.msg}, column {exc.colno}). "
-                "Each line of a .jsonl file must hold one JSON object; fix or remove that line."
-            ) from None
-        if not isinstance(row, dict):
-            raise UserError(
-                f"{path}, line {number}, holds a JSON {type(row).__name__}, not an object. "
-                'Each line must be an object such as {"text": ..., "label": ...}.'
-            )
-        rows.append(row)
-    return rows
+    return [
+        json_line(path, number, line)
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip()
+    ]
+
+
+def json_line(path: Path, number: int, line: str) -> dict:
+    """Line `number` of a JSON lines file: one object."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{path}, line {number}, is not valid JSON ({exc.msg}, column {exc.colno}). "
+            "Each line of a .jsonl file must hold one JSON object; fix or remove that line."
+        ) from None
+    if not isinstance(row, dict):
+        raise UserError(
+            f"{path}, line {number}, holds a JSON {type(row).__name__}, not an object. "
+            'Each line must be an object such as {"text": ..., "label": ...}.'
+        )
+    return row

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import random
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -19,6 +18,7 @@ from typing import Any
 
 from pipeline.config.data import DataConfig
 from pipeline.data.instruct import read_conversations
+from pipeline.data.parsing import json_line
 from pipeline.data.reading import Rows, detect
 from pipeline.errors import UserError
 
@@ -62,13 +62,7 @@ def parse(cfg: DataConfig, number: int, raw: Any) -> Record:
         return raw.strip()
     row = raw
     if fmt == "jsonl":
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{path}, line {number}, is not valid JSON ({exc.msg}, column {exc.colno}). "
-                "Each line of a .jsonl file must hold one JSON object; fix or remove that line."
-            ) from None
+        row = json_line(path, number, raw)
     if cfg.task == "instruct":
         (conversation,) = read_conversations(path, Rows([row], "line", [number]), cfg)
         return conversation
