@@ -4,6 +4,7 @@ runs again from its MLflow record alone (--from-run)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -179,8 +180,6 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_mark_the_run_killed(tmp_path, 
 
 @pytest.mark.slow
 def test_from_run_reproduces_a_recorded_run(straight) -> None:
-    from pipeline.tracking.provenance import sha256
-
     ref_dir, reference = straight
     outputs = ref_dir.parents[3]
     client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
@@ -188,7 +187,10 @@ def test_from_run_reproduces_a_recorded_run(straight) -> None:
     # What the record holds to run it again.
     assert json.loads(original.data.tags["hydra.overrides"])[0] == f"paths.outputs={outputs}"
     data_file = outputs / "data" / "demo" / "sms_spam_400.tsv"
-    assert original.data.params["data.sha256.path"] == sha256(data_file)
+    assert (
+        original.data.params["data.sha256.path"]
+        == hashlib.sha256(data_file.read_bytes()).hexdigest()
+    )
     artifacts = {a.path for a in client.list_artifacts(reference["run_id"])}
     assert {"config.yaml", "packages.txt"} <= artifacts
     if original.data.tags.get("git.dirty") == "true":

@@ -112,9 +112,10 @@ class TokenizedSplit:
         firsts = self.starts if self.starts is not None else self.ids.offsets[:-1]
         if self.trained is None:
             return self.tokens - len(firsts)
-        mask = np.asarray(self.trained.flat, dtype=bool).copy()
-        mask[firsts[firsts < len(mask)]] = False
-        return int(mask.sum())
+        # Counted on the (memory-mapped) flags in place: no copy of the split's mask.
+        flags = self.trained.flat
+        firsts = firsts[firsts < len(flags)]
+        return int(flags.sum(dtype=np.int64)) - int(flags[firsts].sum(dtype=np.int64))
 
     # What is stored of a split, and the dtype each is read back with.
     ARRAYS = ("ids", "offsets", "trained", "labels", "starts")

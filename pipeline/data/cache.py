@@ -32,6 +32,7 @@ from pipeline.config.data import DataConfig
 from pipeline.data.arrays import TokenizedSplit
 from pipeline.data.bundle import DataBundle, SplitSource
 from pipeline.data.conversations import chat_tokenizer
+from pipeline.data.digests import FileDigests
 from pipeline.data.reading import data_files
 from pipeline.data.tokenizer import TextTokenizer
 from pipeline.errors import UserError
@@ -83,8 +84,10 @@ def fingerprint(
     cfg: DataConfig, seed: int, tokenizer_key: str, label_names: list[str] | None
 ) -> str:
     settings = cfg.model_dump(mode="json", exclude=_NOT_KEYED)
-    files = {key: _digests(cfg, key) for key in ("path", "val_path", "test_path")}
-    files["datasets"] = [_digests(source, "path", Path(cfg.cache_dir)) for source in cfg.datasets]
+    digests = FileDigests(Path(cfg.cache_dir))
+    files = {key: _digests(cfg, key, digests) for key in ("path", "val_path", "test_path")}
+    files["datasets"] = [_digests(source, "path", digests) for source in cfg.datasets]
+    digests.save()
     content = {
         "layout": LAYOUT,
         "settings": settings,
@@ -112,41 +115,13 @@ def _digest(tokenizer: TextTokenizer) -> str:
     return "sha256:" + hashlib.sha256(tokenizer.to_json().encode()).hexdigest()
 
 
-def _digests(cfg, key: str, root: Path | None = None) -> list[list[str]] | None:
+def _digests(cfg, key: str, digests: FileDigests) -> list[list[str]] | None:
     """The content digests of the files `cfg.<key>` names (cfg: data's settings, or one
     source of a mixture)."""
     spec = getattr(cfg, key)
     if spec is None:
         return None
-    root = root or Path(cfg.cache_dir)
-    return [[str(path), file_digest(path, root)] for path in data_files(spec)]
-
-
-def file_digest(path: Path, root: Path) -> str:
-    """The sha256 of a file's content; remembered (root/files.json) with its size, time and
-    inode, so an unchanged file is not read again to be recognised."""
-    path = Path(path).resolve()
-    if path.is_dir():  # an Arrow folder: its files' digests
-        parts = [f"{p.name}:{file_digest(p, root)}" for p in sorted(path.iterdir()) if p.is_file()]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-    info = path.stat()
-    stamp = [info.st_size, info.st_mtime_ns, info.st_ino]
-    memo_path = root / "files.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    entry = memo.get(str(path))
-    if entry and entry[0] == stamp:
-        return entry[1]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    memo[str(path)] = [stamp, digest.hexdigest()]
-    with contextlib.suppress(OSError):
-        write_json(memo_path, memo)
-    return digest.hexdigest()
+    return [[str(path), digests(path)] for path in data_files(spec)]
 
 
 def _open(folder: Path) -> DataBundle | None:

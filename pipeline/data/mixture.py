@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pipeline.config.data import DataConfig, SourceConfig
 from pipeline.data.reading import data_files
-from pipeline.data.records import Records, read_records, subset
+from pipeline.data.records import Records, concatenated, read_records, subset
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,7 @@ def mixed(cfg: DataConfig, seed: int) -> tuple[Records, list[Part]]:
         picked.append(part)
         name = source.name or data_files(source.path)[0].stem
         parts.append(Part(name, part.source or "", part.digest(), count, count / total))
-    joined = Records(
-        [t for r in picked for t in r.texts],
-        None if cfg.task != "classification" else [x for r in picked for x in r.labels or []],
-        None if cfg.task != "instruct" else [c for r in picked for c in r.conversations or []],
-    )
-    joined.source = "; ".join(p.source for p in parts)
-    return joined, parts
+    return concatenated(picked, "; ".join(p.source for p in parts)), parts
 
 
 def _counts(sources: list[SourceConfig], sizes: list[int]) -> list[int]:

@@ -235,10 +235,10 @@ def prepare_streaming(
 
 
 def _records(cfg: DataConfig, records: list) -> Records:
+    source = str(Path(cfg.path).resolve())
     if cfg.task == "instruct":
-        contents = ["\n".join(t["content"] for t in c) for c in records]
-        return Records(contents, None, records, source=str(Path(cfg.path).resolve()))
-    return Records(list(records), None, source=str(Path(cfg.path).resolve()))
+        return Records.of_conversations(records, source)
+    return Records(list(records), None, source=source)
 
 
 def _stamp(path: str) -> str:

@@ -25,6 +25,12 @@ class Records:
     # What they were read from: the file, glob or list of them (absolute).
     source: str | None = None
 
+    @classmethod
+    def of_conversations(cls, conversations: list[Conversation], source: str | None = None):
+        """Conversations as records: texts holds each one's contents, one string each."""
+        contents = ["\n".join(turn["content"] for turn in c) for c in conversations]
+        return cls(contents, None, conversations, source)
+
     def digest(self) -> str:
         """A hash of the examples themselves (not of the file): splits of the same examples
         share it, whichever file or order of columns they came from."""
@@ -35,18 +41,21 @@ class Records:
 def read_records(spec: str | Path | list[str], cfg: DataConfig) -> Records:
     """The text (and label) column, or the conversations, of a file, a glob or a list of them
     (concatenated in order), each file read in its own format (data.format, or what it is)."""
-    parts = [_read(path, cfg) for path in data_files(spec)]
-    records = Records(
+    return concatenated([_read(path, cfg) for path in data_files(spec)], spec_name(spec))
+
+
+def concatenated(parts: list[Records], source: str) -> Records:
+    """Records laid end to end (the files of a spec, the sources of a mixture)."""
+
+    def joined(values: list[list | None]) -> list | None:
+        return None if values[0] is None else [v for part in values for v in part or []]
+
+    return Records(
         [text for part in parts for text in part.texts],
-        _joined([part.labels for part in parts]),
-        _joined([part.conversations for part in parts]),
+        joined([part.labels for part in parts]),
+        joined([part.conversations for part in parts]),
+        source,
     )
-    records.source = spec_name(spec)
-    return records
-
-
-def _joined(parts: list[list | None]) -> list | None:
-    return None if parts[0] is None else [value for part in parts for value in part or []]
 
 
 def _read(path: Path, cfg: DataConfig) -> Records:
@@ -58,9 +67,7 @@ def _read(path: Path, cfg: DataConfig) -> Records:
                 "JSON array, Parquet or Arrow) of instructions or conversations. Convert it, "
                 "or set data.format to what it holds if its name misleads."
             )
-        conversations = read_conversations(path, read_rows(path, fmt), cfg)
-        contents = ["\n".join(t["content"] for t in c) for c in conversations]
-        return Records(contents, None, conversations)
+        return Records.of_conversations(read_conversations(path, read_rows(path, fmt), cfg))
     rows = read_rows(path, fmt, cfg.text_column)
     want_labels = cfg.task == "classification"
     columns = [cfg.text_column] + ([cfg.label_column] if want_labels else [])

@@ -11,7 +11,6 @@ training starts.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import re
 import shlex
@@ -22,6 +21,9 @@ from typing import Any
 
 from pipeline.config.data import DataConfig
 from pipeline.config.paths import PROJECT_ROOT
+from pipeline.data.digests import FileDigests
+from pipeline.data.reading import data_files
+from pipeline.errors import UserError
 
 OVERRIDES_TAG = "hydra.overrides"
 # The training command, as it is typed in the project folder (also the runs' mlflow.source.name:
@@ -61,23 +63,25 @@ def redact_all(value: Any) -> Any:
     return value
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def data_digests(data: DataConfig) -> dict[str, str]:
-    """{"data.sha256.path": "<hex>", ...} for each data file the run reads."""
-    files = {"path": data.path, "val_path": data.val_path, "test_path": data.test_path}
-    files["tokenizer.path"] = data.tokenizer.path
-    return {
-        f"{DIGEST_PREFIX}{key}": sha256(Path(path))
-        for key, path in files.items()
-        if path and Path(path).is_file()
-    }
+    """{"data.sha256.path": "<hex>", ...} for each data file the run reads (a spec's second
+    and later files as data.sha256.path.1, ...), from the cache's memo where there is one."""
+    digests = FileDigests(Path(data.cache_dir) if data.cache_dir else None)
+    specs = {"path": data.path, "val_path": data.val_path, "test_path": data.test_path}
+    specs |= {f"datasets.{i}.path": source.path for i, source in enumerate(data.datasets)}
+    out = {}
+    for key, spec in specs.items():
+        try:
+            files = data_files(spec) if spec else []
+        except UserError:  # gone since (a recorded run read again): nothing to vouch for
+            files = []
+        for i, path in enumerate(files):
+            out[f"{DIGEST_PREFIX}{key}" + (f".{i}" if i else "")] = digests(path)
+    tokenizer = data.tokenizer.path
+    if tokenizer and Path(tokenizer).is_file():
+        out[f"{DIGEST_PREFIX}tokenizer.path"] = digests(Path(tokenizer))
+    digests.save()
+    return out
 
 
 def package_versions() -> str:
